@@ -1,0 +1,7 @@
+"""Engine-agnostic AnchorAttention kernels (Triton) and their PyTorch reference.
+
+Installed as ``vllm_anchor.kernels``; nothing here imports vLLM.
+"""
+from .api import AnchorWorkspace, anchor_prefill, new_workspace  # noqa: F401
+from .config import AnchorConfig  # noqa: F401
+from .plan import AnchorPlan, plan_anchor_prefill  # noqa: F401

@@ -1,0 +1,194 @@
+"""Public entry points: ``plan_anchor_prefill`` (host, once per batch) + ``anchor_prefill``.
+
+Example (checked in tests/test_kernels_cpu.py)::
+
+    plan = plan_anchor_prefill(cu_seqlens_q_cpu, seq_lens_cpu, AnchorConfig(), head_dim, "cuda")
+    out = anchor_prefill(q, kv_cache, block_table, plan, scale=head_dim ** -0.5)
+    # with AnchorConfig(theta=float("inf")) ``out`` equals dense causal attention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from .config import AnchorConfig
+from .plan import AnchorPlan, plan_anchor_prefill  # noqa: F401  (re-export)
+from .triton_anchor import anchor_kernel
+from .triton_common import LOG2E
+from .triton_sparse import sparse_kernel
+from .triton_stripes import stripe_pack_kernel, stripe_scan_kernel
+
+
+def _launch_opts(head_dim: int, device: torch.device) -> dict:
+    """num_warps / num_stages per kernel family (ignored by the CPU interpreter)."""
+    if device.type != "cuda":
+        return {"anchor": {}, "sparse": {}, "scan": {}, "block_n": 16, "scan_n": 32}
+    big = head_dim > 128
+    return {
+        "anchor": {"num_warps": 8 if not big else 8, "num_stages": 2 if big else 3},
+        "sparse": {"num_warps": 8 if not big else 8, "num_stages": 2 if big else 3},
+        "scan": {"num_warps": 4, "num_stages": 3},
+        "block_n": 32 if big else 64,
+        "scan_n": 64 if big else 128,
+    }
+
+
+@dataclass
+class AnchorWorkspace:
+    """Every intermediate of one call, kept so tests and benchmarks can inspect each step."""
+
+    m: torch.Tensor  # [T, H] fp32, anchor row max in log2 units
+    l: torch.Tensor  # [T, H] fp32
+    acc: torch.Tensor  # [T, H, BLOCK_D] fp32
+    qsum: torch.Tensor  # [n_tiles, H, BLOCK_D] fp32
+    msum: torch.Tensor  # [n_tiles, H] fp32
+    scratch: torch.Tensor  # [NUM_SEL, capacity] int32
+    lists: torch.Tensor  # [NUM_SEL, capacity] int32, compacted stripe positions per item
+    seg_counts: torch.Tensor  # [n_segs, NUM_SEL] int32
+    counts: torch.Tensor  # [n_items, NUM_SEL] int32
+
+    @property
+    def num_sel(self) -> int:
+        return self.lists.shape[0]
+
+
+class _Call:
+    """Argument bundle shared by the three launches of one call."""
+
+    def __init__(self, q, kv_cache, block_table, plan: AnchorPlan, scale: float):
+        if q.dim() != 3 or q.stride(-1) != 1:
+            raise ValueError(f"q must be [tokens, heads, head_dim] with unit last stride, got {tuple(q.shape)}")
+        if kv_cache.dim() != 4 or kv_cache.stride(-1) != 1:
+            raise ValueError("kv_cache must be the logical [num_blocks, num_kv_heads, block_size, 2*head_dim] view")
+        self.num_tokens, self.num_heads, self.head_dim = q.shape
+        _, self.num_kv_heads, self.page, two_d = kv_cache.shape
+        if two_d != 2 * self.head_dim:
+            raise ValueError(f"kv_cache last dim {two_d} != 2*head_dim {2 * self.head_dim}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"{self.num_heads} query heads are not a multiple of {self.num_kv_heads} KV heads")
+        if q.dtype != kv_cache.dtype:
+            raise ValueError(f"q dtype {q.dtype} != kv_cache dtype {kv_cache.dtype} (fp8 caches are not supported)")
+        if plan.num_tokens != self.num_tokens:
+            raise ValueError(f"plan covers {plan.num_tokens} tokens, q has {self.num_tokens}")
+        self.q, self.kv, self.bt, self.plan, self.cfg = q, kv_cache, block_table, plan, plan.cfg
+        self.rep = self.num_heads // self.num_kv_heads
+        self.block_d = triton.next_power_of_2(self.head_dim)
+        self.qk_scale = scale * LOG2E
+        self.sel_heads = self.rep if self.cfg.share_gqa else 1
+        self.num_sel = self.num_heads // self.sel_heads
+        self.opts = _launch_opts(self.head_dim, q.device)
+
+    def kv_args(self):
+        kv = self.kv
+        return (kv, kv.stride(0), kv.stride(1), kv.stride(2), self.page, self.bt, self.bt.stride(0))
+
+
+def new_workspace(call: _Call) -> AnchorWorkspace:
+    dev, H, BD, plan = call.q.device, call.num_heads, call.block_d, call.plan
+    f32 = dict(dtype=torch.float32, device=dev)
+    i32 = dict(dtype=torch.int32, device=dev)
+    cap = max(plan.list_capacity, 1)
+    return AnchorWorkspace(
+        m=torch.empty(call.num_tokens, H, **f32), l=torch.empty(call.num_tokens, H, **f32),
+        acc=torch.empty(call.num_tokens, H, BD, **f32),
+        qsum=torch.empty(plan.num_tiles, H, BD, **f32), msum=torch.empty(plan.num_tiles, H, **f32),
+        scratch=torch.empty(call.num_sel, cap, **i32), lists=torch.empty(call.num_sel, cap, **i32),
+        seg_counts=torch.empty(plan.num_segments, call.num_sel, **i32),
+        counts=torch.empty(plan.num_items, call.num_sel, **i32),
+    )
+
+
+def run_anchor_step(call: _Call, ws: AnchorWorkspace) -> None:
+    q, cfg, plan = call.q, call.cfg, call.plan
+    if plan.num_tiles == 0:
+        return
+    anchor_kernel[(plan.num_tiles, call.num_heads)](
+        q, q.stride(0), q.stride(1), *call.kv_args(), plan.tiles,
+        ws.m, ws.l, ws.acc, ws.qsum, ws.msum,
+        call.qk_scale, cfg.sink_tokens, cfg.local_tokens, cfg.group_size,
+        NUM_HEADS=call.num_heads, KV_REP=call.rep, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d,
+        BLOCK_M=plan.tile_m, BLOCK_N=call.opts["block_n"], **call.opts["anchor"])
+
+
+def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean query and mean anchor (log2) of every pooling block, from the per-tile sums."""
+    plan = call.plan
+    qbar = torch.zeros(plan.num_pools, call.num_heads, call.block_d, dtype=torch.float32, device=call.q.device)
+    abar = torch.zeros(plan.num_pools, call.num_heads, dtype=torch.float32, device=call.q.device)
+    qbar.index_add_(0, plan.tile_pool, ws.qsum).div_(plan.pool_rows[:, None, None])
+    abar.index_add_(0, plan.tile_pool, ws.msum).div_(plan.pool_rows[:, None])
+    return qbar, abar
+
+
+def run_stripe_step(call: _Call, ws: AnchorWorkspace) -> None:
+    plan, cfg = call.plan, call.cfg
+    if plan.num_items == 0:
+        return
+    if plan.num_segments:
+        qbar, abar = pooled_queries(call, ws)
+        sel_pad = triton.next_power_of_2(call.sel_heads)
+        rows = max(16, triton.next_power_of_2(cfg.pools_per_group) * sel_pad)
+        theta = cfg.theta * LOG2E if math.isfinite(cfg.theta) else cfg.theta
+        stripe_scan_kernel[(plan.num_segments, call.num_sel)](
+            qbar, abar, *call.kv_args(), plan.items, plan.segments,
+            ws.scratch, ws.scratch.stride(0), ws.seg_counts, call.num_sel,
+            call.qk_scale, theta,
+            NUM_HEADS=call.num_heads, KV_REP=call.rep, SEL_HEADS=call.sel_heads,
+            SEL_HEADS_PAD=sel_pad, ROWS=rows, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d,
+            BLOCK_N=call.opts["scan_n"], **call.opts["scan"])
+    stripe_pack_kernel[(plan.num_items, call.num_sel)](
+        plan.items, plan.segments, ws.scratch, ws.lists, ws.lists.stride(0), ws.seg_counts,
+        ws.counts, call.num_sel, BLOCK=1024 if call.q.is_cuda else 64)
+
+
+def run_sparse_step(call: _Call, ws: AnchorWorkspace, out: torch.Tensor) -> None:
+    q, plan = call.q, call.plan
+    if plan.num_tiles == 0:
+        return
+    sparse_kernel[(plan.num_tiles, call.num_heads)](
+        q, q.stride(0), q.stride(1), *call.kv_args(), plan.tiles, plan.items,
+        ws.lists, ws.lists.stride(0), ws.counts, call.num_sel,
+        ws.m, ws.l, ws.acc, out, out.stride(0), out.stride(1), call.qk_scale,
+        NUM_HEADS=call.num_heads, KV_REP=call.rep, SEL_DIV=call.sel_heads,
+        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, BLOCK_M=plan.tile_m,
+        BLOCK_N=call.opts["block_n"], **call.opts["sparse"])
+
+
+def anchor_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
+                   plan: AnchorPlan, scale: float, out: torch.Tensor | None = None,
+                   workspace: AnchorWorkspace | None = None) -> torch.Tensor:
+    """AnchorAttention for a varlen batch of prefill chunks over a paged KV cache.
+
+    Parameters
+    ----------
+    q:
+        ``[T, H, D]`` queries of the chunks, concatenated in ``plan`` order.
+    kv_cache:
+        vLLM FlashAttention cache of one layer, logical ``[num_blocks, Hkv, block_size, 2*D]``
+        (any stride order). The chunks' own K/V must already be written into it.
+    block_table:
+        ``[B, max_blocks]`` int32 page table, one row per sequence of the plan.
+    plan:
+        From :func:`plan_anchor_prefill`; can be reused by every layer of a step.
+    scale:
+        Softmax scale (usually ``D ** -0.5``).
+    out:
+        Optional ``[T, H, D]`` output (e.g. a slice of vLLM's output buffer).
+    workspace:
+        Optional :class:`AnchorWorkspace` to fill (and inspect afterwards).
+
+    Returns
+    -------
+    ``out``: attention over sink + local window + the selected stripe columns.
+    """
+    call = _Call(q, kv_cache, block_table, plan, scale)
+    if out is None:
+        out = torch.empty_like(q)
+    ws = workspace if workspace is not None else new_workspace(call)
+    run_anchor_step(call, ws)
+    run_stripe_step(call, ws)
+    run_sparse_step(call, ws, out)
+    return out

@@ -1,0 +1,45 @@
+"""Triton building blocks shared by the anchor, stripe and sparse kernels.
+
+Import ``triton`` directly (not ``vllm.triton_utils``): vLLM's wrapper is a do-nothing
+placeholder on machines without a GPU, where these kernels still run under TRITON_INTERPRET=1.
+"""
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def paged_row_offsets(bt_row, pos, valid, PAGE, stride_kv_block, stride_kv_tok, head_off):
+    """Element offset of K row ``pos`` (V is ``+ HEAD_DIM``) through the block table.
+
+    vLLM's FlashAttention cache is the logical tensor ``[num_blocks, Hkv, PAGE, 2*D]`` with
+    K and V packed in the last dimension; strides carry the physical (NHD) order.
+    """
+    page = tl.load(bt_row + pos // PAGE, mask=valid, other=0)
+    return page.to(tl.int64) * stride_kv_block + (pos % PAGE).to(tl.int64) * stride_kv_tok + head_off
+
+
+@triton.jit
+def load_kv_rows(KV, offs, valid, d, HEAD_DIM: tl.constexpr):
+    """Gather ``[BLOCK_N, BLOCK_D]`` K and V rows at element offsets ``offs``."""
+    mask = valid[:, None] & (d[None, :] < HEAD_DIM)
+    k = tl.load(KV + offs[:, None] + d[None, :], mask=mask, other=0.0)
+    v = tl.load(KV + offs[:, None] + HEAD_DIM + d[None, :], mask=mask, other=0.0)
+    return k, v
+
+
+@triton.jit
+def online_softmax_update(acc, m_i, l_i, qk, v):
+    """One flash-attention step in log2 units; ``qk`` is scaled and masked with -inf.
+
+    ``out = acc / l`` at the end. Rows that have seen no key yet keep ``m = -inf``; the guard
+    keeps them at ``acc = l = 0`` instead of producing NaN.
+    """
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(qk - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i

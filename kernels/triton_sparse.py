@@ -1,0 +1,63 @@
+"""Step 3: continue the anchor softmax over the gathered stripe columns, normalize once.
+
+One program per (query tile, query head). The tile's group owns a compacted list of absolute
+key positions (per KV head when GQA lists are shared); each chunk of ``BLOCK_N`` positions is
+mapped through the block table and gathered straight from the paged cache. Every listed key
+lies before the group's local window, so no causal mask is needed.
+"""
+import triton
+import triton.language as tl
+
+from .plan import ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, TILE_SEQ
+from .triton_common import load_kv_rows, online_softmax_update, paged_row_offsets
+
+
+@triton.jit
+def sparse_kernel(
+    Q, stride_q_tok, stride_q_head,
+    KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
+    BT, stride_bt,
+    TILES, ITEMS,
+    LISTS, stride_list_head, COUNTS, NUM_SEL,   # int32 [NUM_SEL, cap], [n_items, NUM_SEL]
+    M_IN, L_IN, ACC_IN,                         # anchor state from step 1
+    OUT, stride_o_tok, stride_o_head,
+    qk_scale,
+    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, SEL_DIV: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    h = tl.program_id(1)
+    seq = tl.load(TILES + tile * 6 + TILE_SEQ)
+    row0 = tl.load(TILES + tile * 6 + TILE_ROW0)
+    nrows = tl.load(TILES + tile * 6 + TILE_NROWS)
+    item = tl.load(TILES + tile * 6 + TILE_ITEM)
+    hs = h // SEL_DIV
+    list_ptr = LISTS + hs.to(tl.int64) * stride_list_head + tl.load(ITEMS + item * 7 + ITEM_LIST_OFF)
+    count = tl.load(COUNTS + item * NUM_SEL + hs)
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < nrows
+    rows = (row0 + offs_m).to(tl.int64)
+    ml = rows * NUM_HEADS + h
+    m_i = tl.load(M_IN + ml, mask=row_ok, other=0.0)
+    l_i = tl.load(L_IN + ml, mask=row_ok, other=1.0)
+    acc = tl.load(ACC_IN + ml[:, None] * BLOCK_D + d[None, :], mask=row_ok[:, None], other=0.0)
+    q = tl.load(Q + rows[:, None] * stride_q_tok + h * stride_q_head + d[None, :],
+                mask=row_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
+
+    bt_row = BT + seq.to(tl.int64) * stride_bt
+    head_off = (h // KV_REP) * stride_kv_head
+    for n0 in range(0, count, BLOCK_N):
+        valid = n0 + offs_n < count
+        j = tl.load(list_ptr + n0 + offs_n, mask=valid, other=0)
+        offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
+        k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        qk = tl.where(valid[None, :], qk, float("-inf"))
+        acc, m_i, l_i = online_softmax_update(acc, m_i, l_i, qk, v)
+
+    out = acc / l_i[:, None]
+    tl.store(OUT + rows[:, None] * stride_o_tok + h * stride_o_head + d[None, :],
+             out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & (d[None, :] < HEAD_DIM))

@@ -1,0 +1,94 @@
+"""Step 2: difference-aware stripe identification, compacted into bounded per-group lists.
+
+Scan: one program per (candidate segment, selector head). It loads the group's pooled queries
+(``pools x query heads`` rows; with shared GQA lists all query heads of the KV head) and their
+pooled anchors, scores every key of its segment, keeps column ``j`` when any row has
+``qbar . k_j * scale >= abar - theta`` (log2 units) and appends the kept positions, in order,
+to the segment's slice of a scratch list (compaction by prefix sum inside the tile).
+
+Pack: one program per (group item, selector head) concatenates its segments' runs into the
+item's final list and writes the count. Capacity per item = its candidate count, so memory is
+bounded by the candidates, never by ``N^2``.
+"""
+import triton
+import triton.language as tl
+
+from .plan import (ITEM_LIST_OFF, ITEM_NPOOL, ITEM_NSEG, ITEM_POOL0, ITEM_SEG0, ITEM_SEQ,
+                   SEG_HI, SEG_ITEM, SEG_LO, SEG_OFF)
+from .triton_common import paged_row_offsets
+
+
+@triton.jit
+def stripe_scan_kernel(
+    QBAR, ABAR,                       # [n_pools, H, BLOCK_D] fp32, [n_pools, H] fp32 (log2)
+    KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
+    BT, stride_bt,
+    ITEMS, SEGS,
+    SCRATCH, stride_list_head, SEG_COUNTS, NUM_SEL,
+    qk_scale, theta_log2,
+    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, SEL_HEADS: tl.constexpr,
+    SEL_HEADS_PAD: tl.constexpr, ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    seg = tl.program_id(0)
+    hs = tl.program_id(1)
+    item = tl.load(SEGS + seg * 4 + SEG_ITEM)
+    lo = tl.load(SEGS + seg * 4 + SEG_LO)
+    hi = tl.load(SEGS + seg * 4 + SEG_HI)
+    out_off = tl.load(SEGS + seg * 4 + SEG_OFF)
+    seq = tl.load(ITEMS + item * 7 + ITEM_SEQ)
+    pool0 = tl.load(ITEMS + item * 7 + ITEM_POOL0)
+    npool = tl.load(ITEMS + item * 7 + ITEM_NPOOL)
+
+    r = tl.arange(0, ROWS)
+    pool = r // SEL_HEADS_PAD
+    qh = hs * SEL_HEADS + r % SEL_HEADS_PAD
+    row_ok = (pool < npool) & (r % SEL_HEADS_PAD < SEL_HEADS)
+    d = tl.arange(0, BLOCK_D)
+    pr = (pool0 + pool).to(tl.int64) * NUM_HEADS + qh
+    qbar = tl.load(QBAR + pr[:, None] * BLOCK_D + d[None, :], mask=row_ok[:, None], other=0.0)
+    qbar = qbar.to(KV.dtype.element_ty)
+    abar = tl.load(ABAR + pr, mask=row_ok, other=0.0)
+    thr = tl.where(row_ok, abar - theta_log2, float("inf"))
+
+    bt_row = BT + seq.to(tl.int64) * stride_bt
+    head_off = ((hs * SEL_HEADS) // KV_REP) * stride_kv_head
+    dst = SCRATCH + hs.to(tl.int64) * stride_list_head + out_off
+    offs_n = tl.arange(0, BLOCK_N)
+    count = 0
+    for j0 in range(lo, hi, BLOCK_N):
+        j = j0 + offs_n
+        valid = j < hi
+        offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
+        k = tl.load(KV + offs[:, None] + d[None, :], mask=valid[:, None] & (d[None, :] < HEAD_DIM),
+                    other=0.0)
+        s = tl.dot(qbar, tl.trans(k)) * qk_scale
+        hit = (s >= thr[:, None]).to(tl.int32)
+        keep = (tl.max(hit, 0) > 0) & valid
+        keep_i = keep.to(tl.int32)
+        slot = tl.cumsum(keep_i, 0) - keep_i
+        tl.store(dst + count + slot, j, mask=keep)
+        count += tl.sum(keep_i, 0)
+    tl.store(SEG_COUNTS + seg * NUM_SEL + hs, count)
+
+
+@triton.jit
+def stripe_pack_kernel(ITEMS, SEGS, SCRATCH, LISTS, stride_list_head, SEG_COUNTS, COUNTS, NUM_SEL,
+                       BLOCK: tl.constexpr):
+    item = tl.program_id(0)
+    hs = tl.program_id(1)
+    list_off = tl.load(ITEMS + item * 7 + ITEM_LIST_OFF)
+    seg0 = tl.load(ITEMS + item * 7 + ITEM_SEG0)
+    nseg = tl.load(ITEMS + item * 7 + ITEM_NSEG)
+    src_base = SCRATCH + hs.to(tl.int64) * stride_list_head
+    dst = LISTS + hs.to(tl.int64) * stride_list_head + list_off
+    offs = tl.arange(0, BLOCK)
+    total = 0
+    for s in range(0, nseg):
+        c = tl.load(SEG_COUNTS + (seg0 + s) * NUM_SEL + hs)
+        src = src_base + tl.load(SEGS + (seg0 + s) * 4 + SEG_OFF)
+        for k0 in range(0, c, BLOCK):
+            ok = k0 + offs < c
+            tl.store(dst + total + k0 + offs, tl.load(src + k0 + offs, mask=ok), mask=ok)
+        total += c
+    tl.store(COUNTS + item * NUM_SEL + hs, total)

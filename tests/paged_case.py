@@ -1,0 +1,68 @@
+"""Random varlen prefill batches over a paged KV cache laid out like vLLM's FlashAttention cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vllm_anchor.kernels.reference import gather_paged_kv
+
+
+@dataclass
+class PagedCase:
+    q: torch.Tensor  # [T, H, D]
+    kv_cache: torch.Tensor  # logical [num_blocks, Hkv, page, 2D], physical NHD
+    block_table: torch.Tensor  # [B, max_blocks] int32
+    query_start_loc: list[int]
+    seq_lens: list[int]
+    scale: float
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens)
+
+    def seq_q(self, s: int) -> torch.Tensor:
+        return self.q[self.query_start_loc[s]:self.query_start_loc[s + 1]]
+
+    def q_start(self, s: int) -> int:
+        return self.seq_lens[s] - (self.query_start_loc[s + 1] - self.query_start_loc[s])
+
+    def seq_kv(self, s: int, dtype=torch.float32):
+        return gather_paged_kv(self.kv_cache, self.block_table[s], self.seq_lens[s], dtype)
+
+
+def make_case(chunks: list[tuple[int, int]], num_heads: int, num_kv_heads: int, head_dim: int,
+              page: int = 16, dtype=torch.float32, device="cpu", seed: int = 0,
+              strong_frac: float = 0.0, strong_gain: float = 1.0) -> PagedCase:
+    """``chunks`` = [(context_len, chunk_len)] per sequence. Pages are shuffled (non-contiguous).
+
+    ``strong_frac`` of the key positions get a shared direction ``u`` (scaled by
+    ``strong_gain``) that every query also carries, so they form vertical stripes that the
+    stripe search should find, as in real attention maps; the rest is plain noise.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    seq_lens = [p + c for p, c in chunks]
+    pages_per_seq = [-(-s // page) for s in seq_lens]
+    num_blocks = sum(pages_per_seq) + 3  # a few pages nobody owns
+    perm = torch.randperm(num_blocks, generator=gen)
+    max_pages = max(pages_per_seq)
+    block_table = torch.zeros(len(chunks), max_pages + 1, dtype=torch.int32)
+    used = 0
+    for s, n in enumerate(pages_per_seq):
+        block_table[s, :n] = perm[used:used + n].to(torch.int32)
+        used += n
+    phys = torch.randn(num_blocks, page, num_kv_heads, 2 * head_dim, generator=gen)
+    direction = torch.randn(head_dim, generator=gen)
+    direction *= strong_gain * head_dim ** 0.25 / direction.norm()
+    strong = torch.rand(num_blocks, page, generator=gen) < strong_frac
+    phys[..., :head_dim] += strong[..., None, None] * direction
+    kv_cache = phys.to(dtype).to(device).permute(0, 2, 1, 3)  # logical view, NHD strides
+    qsl = [0]
+    for _, c in chunks:
+        qsl.append(qsl[-1] + c)
+    q = torch.randn(qsl[-1], num_heads, head_dim, generator=gen)
+    if strong_frac:
+        q += direction
+    q = q.to(dtype).to(device)
+    return PagedCase(q=q, kv_cache=kv_cache, block_table=block_table.to(device),
+                     query_start_loc=qsl, seq_lens=seq_lens, scale=head_dim ** -0.5)

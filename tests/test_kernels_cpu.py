@@ -1,0 +1,207 @@
+"""Triton kernels vs the PyTorch reference (CPU: TRITON_INTERPRET=1, small shapes, fp32/fp16)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from paged_case import make_case
+from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
+from vllm_anchor.kernels import reference as R
+from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step
+
+INF = float("inf")
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
+SMALL = dict(sink_tokens=8, local_tokens=8, group_size=64, pool_block=16)
+
+
+def small_cfg(**kw) -> AnchorConfig:
+    return AnchorConfig(**{**SMALL, **kw})
+
+
+def run(case, cfg, workspace=None):
+    """Plan + anchor_prefill into a NaN-poisoned output; asserts every element was written."""
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, case.q.shape[-1], "cpu")
+    out = torch.full_like(case.q, float("nan"))
+    anchor_prefill(case.q, case.kv_cache, case.block_table, plan, case.scale, out=out, workspace=workspace)
+    assert torch.isfinite(out).all(), "output rows left unwritten (NaN poison survived)"
+    return out, plan
+
+
+def per_seq(case, out, fn, tol):
+    for s in range(case.num_seqs):
+        k, v = case.seq_kv(s)
+        q = case.seq_q(s).float()
+        ref = fn(q, k, v, case.q_start(s))
+        got = out[case.query_start_loc[s]:case.query_start_loc[s + 1]]
+        err = R.relative_error(got, ref)
+        assert err < tol, f"sequence {s} (start {case.q_start(s)}, {q.shape[0]} queries): rel err {err:.2e}"
+
+
+LENGTHS = [
+    [(0, 1)], [(0, 17)], [(0, 63)], [(0, 65)], [(0, 200)],
+    [(130, 1)], [(64, 64)], [(50, 33), (0, 150), (127, 2)],
+]
+
+
+@pytest.mark.parametrize("chunks", LENGTHS, ids=lambda c: "+".join(f"{p}:{n}" for p, n in c))
+@pytest.mark.parametrize("heads,dtype", [((4, 4), torch.float32), ((6, 2), torch.float16),
+                                          ((8, 2), torch.float32), ((8, 1), torch.float16)],
+                         ids=["gqa1-fp32", "gqa3-fp16", "gqa4-fp32", "gqa8-fp16"])
+def test_theta_inf_equals_dense(chunks, heads, dtype):
+    case = make_case(chunks, *heads, head_dim=16, dtype=dtype, seed=hash(str(chunks)) % 1000)
+    out, _ = run(case, small_cfg(theta=INF))
+    per_seq(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[dtype])
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_theta_neg_inf_equals_anchor_region_only(share):
+    cfg = small_cfg(theta=-INF, share_gqa=share)
+    case = make_case([(40, 90), (0, 150)], 6, 2, 32, seed=3, strong_frac=0.3, strong_gain=1.5)
+    out, _ = run(case, cfg)
+
+    def anchor_only(q, k, v, p):
+        return R.masked_attention(q, k, v, R.anchor_region_mask(p, q.shape[0], k.shape[0], cfg), case.scale)
+    per_seq(case, out, anchor_only, TOL[torch.float32])
+
+
+def test_head_dim_not_power_of_two():
+    case = make_case([(0, 100)], 4, 2, 24, seed=4)
+    out, _ = run(case, small_cfg(theta=INF))
+    per_seq(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[torch.float32])
+
+
+def _steps(case, cfg):
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, case.q.shape[-1], "cpu")
+    call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
+    ws = new_workspace(call)
+    run_anchor_step(call, ws)
+    return plan, call, ws
+
+
+def test_anchor_state_matches_reference():
+    cfg = small_cfg(theta=2.0)
+    case = make_case([(30, 100), (0, 70)], 6, 2, 16, seed=5, strong_frac=0.2, strong_gain=1.5)
+    plan, call, ws = _steps(case, cfg)
+    for s in range(case.num_seqs):
+        k, v = case.seq_kv(s)
+        rows = slice(case.query_start_loc[s], case.query_start_loc[s + 1])
+        st = R.anchor_step(case.seq_q(s).float(), k, v, case.q_start(s), case.scale, cfg)
+        m_nats = ws.m[rows] / math.log2(math.e)
+        torch.testing.assert_close(m_nats, st.m, rtol=1e-5, atol=1e-5)
+        # same state up to the common factor exp(m): compare the normalized partial outputs
+        torch.testing.assert_close(ws.acc[rows, :, :16] / ws.l[rows, :, None],
+                                   st.acc / st.l[..., None], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_stripe_lists_match_reference(share):
+    cfg = small_cfg(theta=2.0, share_gqa=share)
+    chunks = [(0, 256), (100, 90)]
+    case = make_case(chunks, 6, 2, 16, seed=6, strong_frac=0.25, strong_gain=1.6)
+    plan, call, ws = _steps(case, cfg)
+    run_stripe_step(call, ws)
+    items = plan.items_cpu.tolist()
+    total_sel = total_cand = 0
+    item = 0
+    for s in range(case.num_seqs):
+        k, _ = case.seq_kv(s)
+        rows = slice(case.query_start_loc[s], case.query_start_loc[s + 1])
+        m_nats = ws.m[rows] / math.log2(math.e)
+        sel = R.stripe_step(case.seq_q(s).float(), k, m_nats, case.q_start(s), case.scale, cfg)
+        for g, mask in sel.items():
+            seq, cand_end, off = items[item][:3]
+            assert seq == s and cand_end == cfg.candidate_end(g)
+            for h in range(mask.shape[0]):
+                got = ws.lists[h, off:off + int(ws.counts[item, h])].tolist()
+                want = mask[h].nonzero().flatten().tolist()
+                assert got == want, f"seq {s} group {g} selector head {h}"
+                total_sel += len(got)
+                total_cand += cand_end - cfg.sink_tokens
+            item += 1
+    assert item == plan.num_items
+    # the structured input must give a partial selection, or this test checks nothing
+    assert 0.05 < total_sel / total_cand < 0.8, total_sel / total_cand
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_sparse_step_on_random_selection(share):
+    cfg = small_cfg(theta=2.0, share_gqa=share)
+    case = make_case([(20, 180), (0, 140)], 8, 2, 16, dtype=torch.float16, seed=7)
+    plan, call, ws = _steps(case, cfg)
+    gen = torch.Generator().manual_seed(8)
+    masks = {}
+    for i, (seq, cand_end, off, *_r) in enumerate(plan.items_cpu.tolist()):
+        for h in range(ws.num_sel):
+            pick = (torch.rand(cand_end - cfg.sink_tokens, generator=gen) < 0.4).nonzero().flatten()
+            pos = pick + cfg.sink_tokens
+            ws.lists[h, off:off + pos.numel()] = pos.to(torch.int32)
+            ws.counts[i, h] = pos.numel()
+            masks[(i, h)] = pos
+    out = torch.full_like(case.q, float("nan"))
+    run_sparse_step(call, ws, out)
+    assert torch.isfinite(out).all()
+    item = 0
+    for s in range(case.num_seqs):
+        k, v = case.seq_kv(s)
+        q = case.seq_q(s).float()
+        p0 = case.q_start(s)
+        sel = {}
+        for g in R.chunk_groups(p0, q.shape[0], cfg):
+            m = torch.zeros(ws.num_sel, k.shape[0], dtype=torch.bool)
+            for h in range(ws.num_sel):
+                m[h, masks[(item, h)]] = True
+            sel[g] = m
+            item += 1
+        key_mask = R.selection_to_key_mask(sel, p0, q.shape[0], q.shape[1], cfg)
+        st = R.anchor_step(q, k, v, p0, case.scale, cfg)
+        ref = R.sparse_step(q, k, v, st, key_mask, case.scale)
+        # independent check of the whole composition: one softmax over anchor | stripes
+        union = R.masked_attention(q, k, v, key_mask | R.anchor_region_mask(p0, q.shape[0], k.shape[0], cfg),
+                                   case.scale)
+        got = out[case.query_start_loc[s]:case.query_start_loc[s + 1]]
+        assert R.relative_error(ref, union) < 1e-5
+        assert R.relative_error(got, ref) < TOL[torch.float16]
+
+
+def test_end_to_end_matches_reference_with_partial_selection():
+    cfg = small_cfg(theta=2.0)
+    case = make_case([(0, 300), (64, 130)], 6, 2, 16, seed=9, strong_frac=0.25, strong_gain=1.6)
+    out, _ = run(case, cfg)
+    dense_err = []
+
+    def ref(q, k, v, p):
+        o, mask = R.anchor_attention(q, k, v, p, case.scale, cfg)
+        dense_err.append(R.relative_error(o, R.dense_causal_attention(q, k, v, p, case.scale)))
+        return o
+    per_seq(case, out, ref, TOL[torch.float32])
+    assert max(dense_err) > 1e-4, "selection was complete; the test would not see a wrong list"
+
+
+def test_chunked_prefill_equals_unsplit_when_chunks_align_to_groups():
+    cfg = small_cfg(theta=2.0)
+    whole = make_case([(0, 256)], 6, 2, 16, seed=10, strong_frac=0.25, strong_gain=1.6)
+    out_whole, _ = run(whole, cfg)
+    # The same sequence prefilled as chunks [0,128) then [128,256): the second chunk reads the
+    # first one's K/V from the cache. Batch both chunks as two "sequences" sharing pages.
+    split = make_case([(0, 128), (128, 128)], 6, 2, 16, seed=10)
+    split.kv_cache = whole.kv_cache
+    split.block_table = torch.stack([whole.block_table[0], whole.block_table[0]])
+    split.q = whole.q
+    out_split, _ = run(split, cfg)
+    torch.testing.assert_close(out_split, out_whole, rtol=1e-5, atol=1e-5)
+
+
+def test_unaligned_chunks_equal_dense_at_theta_inf():
+    cfg = small_cfg(theta=INF)
+    whole = make_case([(0, 250)], 4, 2, 16, seed=11)
+    cuts = [0, 37, 101, 170, 250]
+    split = make_case([(a, b - a) for a, b in zip(cuts, cuts[1:])], 4, 2, 16, seed=11)
+    split.kv_cache = whole.kv_cache
+    split.block_table = whole.block_table[0].repeat(len(cuts) - 1, 1)
+    split.q = whole.q
+    out_split, _ = run(split, cfg)
+    k, v = whole.seq_kv(0)
+    ref = R.dense_causal_attention(whole.q.float(), k, v, 0, whole.scale)
+    assert R.relative_error(out_split, ref) < TOL[torch.float32]
