@@ -1,0 +1,345 @@
+"""Kernel benchmark: AnchorAttention (Triton, paged) vs vLLM's FlashAttention 3, same run.
+
+  python bench/kernels.py synthetic --lengths 8192 32768 65536 131072 --out results/x.json
+  python bench/kernels.py smollm2 --model $SMOLLM2 --lengths 8192 16384 32768 --out results/y.json
+
+``synthetic``: Llama-3.1-8B attention shape (32 q / 8 kv heads, head_dim 128, bf16) with a
+controlled stripe density: noise plus a set fraction of "strong" key columns that every query
+prefers (sinks and local keys are attended anyway). Reports each step's time and TFLOP/s on
+the work it actually does, and the error at theta = inf against FA3.
+
+``smollm2``: real post-RoPE Q/K/V of SmolLM2-135M (YaRN x4 to 32k) on real text (Python's
+pydoc topics), every layer: stripe density, attention-mass recall (share of the dense softmax
+mass on the keys attended), output error and speed-up over FA3, for a sweep of theta.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill  # noqa: E402
+from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step  # noqa: E402
+
+PAGE = 16
+
+
+# --- timing and baselines ---------------------------------------------------------------------
+
+def time_ms(fn, min_runs: int = 5, budget_s: float = 1.0, warmup: int = 2) -> float:
+    """Median device time of ``fn`` (CUDA events), after warm-up."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times, t_end = [], time.perf_counter() + budget_s
+    while len(times) < min_runs or (time.perf_counter() < t_end and len(times) < 200):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def fa3_prefill(q, kv_cache, block_table, seq_len, scale, out=None):
+    """vLLM's own FlashAttention (FA3 on Hopper) over the same paged cache, as its backend calls it."""
+    from vllm.vllm_flash_attn import flash_attn_varlen_func
+    d = q.shape[-1]
+    kv = kv_cache.transpose(1, 2)  # [blocks, page, Hkv, 2D] view
+    k, v = kv[..., :d], kv[..., d:]
+    n = q.shape[0]
+    cu_q = torch.tensor([0, n], dtype=torch.int32, device=q.device)
+    seqused = torch.tensor([seq_len], dtype=torch.int32, device=q.device)
+    return flash_attn_varlen_func(q, k, v, max_seqlen_q=n, cu_seqlens_q=cu_q, max_seqlen_k=seq_len,
+                                  seqused_k=seqused, softmax_scale=scale, causal=True,
+                                  block_table=block_table, out=out, fa_version=3)
+
+
+def paged_cache(k: torch.Tensor, v: torch.Tensor, seed: int = 0):
+    """Scatter contiguous ``[S, Hkv, D]`` K/V into a shuffled paged cache (vLLM NHD layout)."""
+    s, hkv, d = k.shape
+    pages = -(-s // PAGE)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(pages, generator=gen).to(k.device)
+    phys = torch.zeros(pages, PAGE, hkv, 2 * d, dtype=k.dtype, device=k.device)
+    pos = torch.arange(s, device=k.device)
+    phys[perm[pos // PAGE], pos % PAGE] = torch.cat([k, v], -1)
+    return phys.permute(0, 2, 1, 3), perm.to(torch.int32)[None, :]
+
+
+def rel_err(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+# --- work accounting ----------------------------------------------------------------------------
+
+def anchor_pairs(n: int, cfg: AnchorConfig) -> int:
+    """(query, key) pairs of the anchor region for a whole prefill of ``n`` tokens."""
+    i = torch.arange(n, dtype=torch.float64)
+    g = torch.div(i, cfg.group_size, rounding_mode="floor")
+    local_lo = torch.clamp(g * cfg.group_size - cfg.local_tokens, min=cfg.sink_tokens)
+    sink = torch.clamp(i + 1, max=cfg.sink_tokens)
+    local = torch.clamp(i - local_lo + 1, min=0)
+    return int((sink + local).sum())
+
+
+def work(plan, ws, num_heads: int, head_dim: int, n: int):
+    """FLOPs of each step and the stripe density (selected / candidates, query-weighted)."""
+    items = plan.items_cpu
+    q_per_item = plan.item_queries_cpu.double()
+    counts = ws.counts.double().cpu()  # [items, sel]
+    num_sel = counts.shape[1]
+    heads_per_sel = num_heads // num_sel
+    cand = (items[:, 1] - plan.cfg.sink_tokens).double()
+    sparse_pairs = float((counts.sum(1) * q_per_item).sum()) * heads_per_sel
+    cand_pairs = float((cand * q_per_item).sum()) * num_heads
+    scan_rows = plan.cfg.pools_per_group * heads_per_sel
+    return {
+        "anchor_flop": 4.0 * head_dim * num_heads * anchor_pairs(n, plan.cfg),
+        "stripe_flop": 2.0 * head_dim * scan_rows * num_sel * float(cand.sum()),
+        "sparse_flop": 4.0 * head_dim * sparse_pairs,
+        "dense_flop": 4.0 * head_dim * num_heads * n * (n + 1) / 2,
+        "stripe_density": sparse_pairs / cand_pairs if cand_pairs else 0.0,
+        "attended_fraction": (anchor_pairs(n, plan.cfg) * num_heads + sparse_pairs) / (num_heads * n * (n + 1) / 2),
+    }
+
+
+def profile(q, kv_cache, bt, n, cfg, scale):
+    """Time each step and the whole call; return times (ms), work and the output."""
+    plan = plan_anchor_prefill([0, n], [n], cfg, q.shape[-1], q.device)
+    call = _Call(q, kv_cache, bt, plan, scale)
+    ws = new_workspace(call)
+    out = torch.empty_like(q)
+    t = {
+        "anchor_ms": time_ms(lambda: run_anchor_step(call, ws)),
+        "stripe_ms": time_ms(lambda: run_stripe_step(call, ws)),
+        "sparse_ms": time_ms(lambda: run_sparse_step(call, ws, out)),
+        "total_ms": time_ms(lambda: anchor_prefill(q, kv_cache, bt, plan, scale, out=out, workspace=ws)),
+        "plan_ms_host": _host_ms(lambda: plan_anchor_prefill([0, n], [n], cfg, q.shape[-1], q.device)),
+    }
+    anchor_prefill(q, kv_cache, bt, plan, scale, out=out, workspace=ws)
+    return t, work(plan, ws, q.shape[1], q.shape[2], n), out, plan, ws
+
+
+def _host_ms(fn, runs: int = 5) -> float:
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
+# --- synthetic -------------------------------------------------------------------------------------
+
+def synthetic_qkv(n, h, hkv, d, strong_frac, gain, seed, dtype=torch.bfloat16):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(n, h, d, device="cuda", generator=g)
+    k = torch.randn(n, hkv, d, device="cuda", generator=g)
+    v = torch.randn(n, hkv, d, device="cuda", generator=g)
+    u = torch.randn(d, device="cuda", generator=g)
+    u *= gain * d ** 0.25 / u.norm()  # a strong column scores about gain^2 nats above noise
+    strong = torch.rand(n, device="cuda", generator=g) < strong_frac
+    k[strong] += u
+    q += u
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def run_synthetic(args):
+    h, hkv, d = 32, 8, 128
+    scale = d ** -0.5
+    rows = []
+    for n in args.lengths:
+        for frac in args.densities:
+            q, k, v = synthetic_qkv(n, h, hkv, d, frac, args.gain, seed=n)
+            kv_cache, bt = paged_cache(k, v, seed=n)
+            del k, v
+            fa_out = torch.empty_like(q)
+            fa_ms = time_ms(lambda: fa3_prefill(q, kv_cache, bt, n, scale, out=fa_out))
+            for share in (True, False):
+                for theta in ([args.theta, float("inf")] if frac == args.densities[0] and share else [args.theta]):
+                    cfg = AnchorConfig(theta=theta, share_gqa=share)
+                    t, w, out, _, _ = profile(q, kv_cache, bt, n, cfg, scale)
+                    row = {"tokens": n, "strong_frac": frac, "theta": theta, "share_gqa": share,
+                           "fa3_ms": fa_ms, **t, **w,
+                           "rel_err_vs_fa3": rel_err(out, fa_out),
+                           "max_abs_err_vs_fa3": float((out.float() - fa_out.float()).abs().max()),
+                           "speedup_vs_fa3": fa_ms / t["total_ms"],
+                           "anchor_tflops": w["anchor_flop"] / t["anchor_ms"] / 1e9,
+                           "sparse_tflops": w["sparse_flop"] / t["sparse_ms"] / 1e9,
+                           "fa3_tflops": w["dense_flop"] / fa_ms / 1e9,
+                           "stripe_share_of_fa3": t["stripe_ms"] / fa_ms}
+                    rows.append(row)
+                    print(f"n={n:6d} frac={frac:.2f} theta={theta:5} share={share!s:5} "
+                          f"fa3={fa_ms:8.2f}ms anchor={t['anchor_ms']:7.2f} stripe={t['stripe_ms']:6.2f} "
+                          f"sparse={t['sparse_ms']:7.2f} total={t['total_ms']:7.2f} x{row['speedup_vs_fa3']:.2f} "
+                          f"dens={w['stripe_density']:.3f} sparseTF={row['sparse_tflops']:.0f} "
+                          f"anchorTF={row['anchor_tflops']:.0f} faTF={row['fa3_tflops']:.0f} "
+                          f"err={row['rel_err_vs_fa3']:.2e}", flush=True)
+            del q, kv_cache, fa_out
+            torch.cuda.empty_cache()
+    return rows
+
+
+# --- SmolLM2 ------------------------------------------------------------------------------------------
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 100000.0, "original_max_position_embeddings": 8192}
+
+
+def capture_smollm2(model_dir: str, n: int):
+    """Post-RoPE Q/K/V of every layer for the first ``n`` tokens of Python's pydoc topics."""
+    import pydoc_data.topics
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import AttentionInterface
+
+    captured = []
+
+    def capture(module, query, key, value, attention_mask, **kw):
+        # [B, H, S, D] -> [S, H, D]; key/value still have the KV heads (GQA not expanded)
+        captured.append(tuple(t[0].transpose(0, 1).contiguous() for t in (query, key, value)))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+
+    AttentionInterface.register("anchor_capture", capture)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
+    ids = tok(text, return_tensors="pt").input_ids[:, :n]
+    assert ids.shape[1] == n, f"text gives only {ids.shape[1]} tokens"
+    cfg = AutoConfig.from_pretrained(model_dir)
+    cfg.rope_parameters = dict(YARN)
+    cfg.max_position_embeddings = 32768
+    model = AutoModelForCausalLM.from_pretrained(model_dir, config=cfg, dtype=torch.bfloat16,
+                                                 attn_implementation="anchor_capture").cuda().eval()
+    with torch.no_grad():
+        model(ids.cuda(), use_cache=False, logits_to_keep=1)
+    scale = model.config.head_dim ** -0.5 if hasattr(model.config, "head_dim") else None
+    del model
+    torch.cuda.empty_cache()
+    return captured, scale
+
+
+def recall_sampled(q, k, plan, ws, cfg, scale, n, samples_per_item=16, seed=0):
+    """Attention-mass recall on sampled queries: dense causal softmax mass on anchor | stripes."""
+    gen = torch.Generator().manual_seed(seed)
+    h, hkv = q.shape[1], k.shape[1]
+    num_sel = ws.counts.shape[1]
+    rec = []
+    items = plan.items_cpu.tolist()
+    for it, (seq, cand_end, off, *_r) in enumerate(items):
+        g = (cand_end + cfg.local_tokens) // cfg.group_size if cand_end > cfg.sink_tokens else None
+        lo = (g * cfg.group_size) if g is not None else 0
+        hi = min(n, lo + cfg.group_size) if g is not None else min(n, cfg.group_size)
+        if g is None:  # no candidates: anchor covers everything, recall 1
+            continue
+        qi = torch.randint(lo, hi, (samples_per_item,), generator=gen).cuda()
+        s = torch.einsum("qhd,shd->hqs", q[qi].float(),
+                         k[: int(qi.max()) + 1].float().repeat_interleave(h // hkv, 1)) * scale
+        j = torch.arange(s.shape[-1], device="cuda")
+        s = s.masked_fill(j[None, None, :] > qi[None, :, None], float("-inf"))
+        p = torch.softmax(s, -1)
+        local_lo = max(cfg.sink_tokens, g * cfg.group_size - cfg.local_tokens)
+        att = (j < cfg.sink_tokens) | (j >= local_lo)
+        mass = (p * att).sum(-1)  # [H, Q]
+        for hs in range(num_sel):
+            sel = ws.lists[hs, off:off + int(ws.counts[it, hs])].long()
+            heads = slice(hs * (h // num_sel), (hs + 1) * (h // num_sel))
+            mass[heads] += p[heads][..., sel].sum(-1) if sel.numel() else 0
+        rec.append(mass.flatten())
+    return torch.cat(rec) if rec else torch.ones(1, device="cuda")
+
+
+def run_smollm2(args):
+    captured, _ = capture_smollm2(args.model, max(args.lengths))
+    rows = []
+    for n in args.lengths:
+        for li, (q_all, k_all, v_all) in enumerate(captured):
+            q, k, v = q_all[:n].contiguous(), k_all[:n].contiguous(), v_all[:n].contiguous()
+            d = q.shape[-1]
+            scale = d ** -0.5
+            kv_cache, bt = paged_cache(k, v, seed=li)
+            fa_out = torch.empty_like(q)
+            fa_ms = time_ms(lambda: fa3_prefill(q, kv_cache, bt, n, scale, out=fa_out), budget_s=0.2)
+            for theta in args.thetas:
+                cfg = AnchorConfig(theta=theta)
+                plan = plan_anchor_prefill([0, n], [n], cfg, d, "cuda")
+                call = _Call(q, kv_cache, bt, plan, scale)
+                ws = new_workspace(call)
+                out = torch.empty_like(q)
+                ms = time_ms(lambda: anchor_prefill(q, kv_cache, bt, plan, scale, out=out, workspace=ws),
+                             budget_s=0.2)
+                w = work(plan, ws, q.shape[1], d, n)
+                rec = recall_sampled(q, k, plan, ws, cfg, scale, n, seed=li)
+                rows.append({"tokens": n, "layer": li, "theta": theta, "fa3_ms": fa_ms, "anchor_ms": ms,
+                             "speedup_vs_fa3": fa_ms / ms, "stripe_density": w["stripe_density"],
+                             "attended_fraction": w["attended_fraction"],
+                             "recall_mean": float(rec.mean()), "recall_p5": float(rec.quantile(0.05)),
+                             "recall_min": float(rec.min()), "rel_err_vs_fa3": rel_err(out, fa_out)})
+        summary = summarize(rows, n, args.thetas)
+        for s in summary:
+            print(json.dumps(s), flush=True)
+    return rows
+
+
+def summarize(rows, n, thetas):
+    out = []
+    for theta in thetas:
+        r = [x for x in rows if x["tokens"] == n and x["theta"] == theta]
+        if not r:
+            continue
+        fa = sum(x["fa3_ms"] for x in r)
+        an = sum(x["anchor_ms"] for x in r)
+        worst = min(r, key=lambda x: x["recall_mean"])
+        out.append({"tokens": n, "theta": theta, "layers": len(r),
+                    "speedup_all_layers": fa / an, "fa3_ms_all_layers": fa, "anchor_ms_all_layers": an,
+                    "stripe_density_mean": statistics.mean(x["stripe_density"] for x in r),
+                    "attended_fraction_mean": statistics.mean(x["attended_fraction"] for x in r),
+                    "recall_mean": statistics.mean(x["recall_mean"] for x in r),
+                    "recall_p5_mean": statistics.mean(x["recall_p5"] for x in r),
+                    "worst_layer": worst["layer"], "worst_layer_recall_mean": worst["recall_mean"],
+                    "rel_err_mean": statistics.mean(x["rel_err_vs_fa3"] for x in r),
+                    "rel_err_max": max(x["rel_err_vs_fa3"] for x in r)})
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("synthetic")
+    s.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
+    s.add_argument("--densities", type=float, nargs="+", default=[0.10, 0.02, 0.30])
+    s.add_argument("--theta", type=float, default=12.0)
+    s.add_argument("--gain", type=float, default=3.6, help="strong columns score about gain^2 nats higher")
+    m = sub.add_parser("smollm2")
+    m.add_argument("--model", required=True)
+    m.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
+    m.add_argument("--thetas", type=float, nargs="+", default=[8, 10, 12, 14, 16])
+    for p in (s, m):
+        p.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    meta = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    try:
+        import triton
+        import vllm
+        meta.update(triton=triton.__version__, vllm=vllm.__version__)
+    except ImportError:
+        pass
+    rows = run_synthetic(args) if args.mode == "synthetic" else run_smollm2(args)
+    result = {"meta": meta, "rows": rows}
+    if args.mode == "smollm2":
+        result["summary"] = [s for n in args.lengths for s in summarize(rows, n, args.thetas)]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

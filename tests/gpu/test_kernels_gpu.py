@@ -1,0 +1,109 @@
+"""GPU tests (H100): bf16 / fp16, head_dim 64 / 128 / 256, realistic group sizes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from paged_case import make_case
+from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
+from vllm_anchor.kernels import reference as R
+from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step
+
+pytestmark = pytest.mark.gpu
+INF = float("inf")
+TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+CFG = dict(sink_tokens=64, local_tokens=128, group_size=512, pool_block=128)
+CHUNKS = [(0, 1500), (700, 901), (2048, 513), (4000, 1)]
+
+
+def _run(case, cfg):
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, case.q.shape[-1], "cuda")
+    out = torch.full_like(case.q, float("nan"))
+    anchor_prefill(case.q, case.kv_cache, case.block_table, plan, case.scale, out=out)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all()
+    return out
+
+
+def _check(case, out, ref_fn, tol):
+    for s in range(case.num_seqs):
+        k, v = case.seq_kv(s)
+        q = case.seq_q(s).float()
+        ref = ref_fn(q, k, v, case.q_start(s))
+        got = out[case.query_start_loc[s]:case.query_start_loc[s + 1]]
+        err = R.relative_error(got, ref)
+        assert err < tol, f"seq {s}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("share", [True, False])
+def test_theta_inf_equals_dense(dtype, head_dim, share):
+    case = make_case(CHUNKS, 8, 2, head_dim, dtype=dtype, device="cuda", seed=head_dim)
+    out = _run(case, AnchorConfig(theta=INF, share_gqa=share, **CFG))
+    _check(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_theta_neg_inf_equals_anchor_region(dtype, head_dim):
+    cfg = AnchorConfig(theta=-INF, **CFG)
+    case = make_case(CHUNKS, 6, 3, head_dim, dtype=dtype, device="cuda", seed=1 + head_dim)
+
+    def ref(q, k, v, p):
+        return R.masked_attention(q, k, v, R.anchor_region_mask(p, q.shape[0], k.shape[0], cfg, q.device),
+                                  case.scale)
+    _check(case, _run(case, cfg), ref, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_sparse_step_on_random_selection(dtype, head_dim):
+    cfg = AnchorConfig(theta=0.0, share_gqa=True, **CFG)
+    case = make_case([(0, 1200), (600, 700)], 8, 2, head_dim, dtype=dtype, device="cuda", seed=7)
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, head_dim, "cuda")
+    call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
+    ws = new_workspace(call)
+    run_anchor_step(call, ws)
+    gen = torch.Generator().manual_seed(3)
+    picks = {}
+    ws.counts.zero_()
+    for i, (_seq, cand_end, off, *_r) in enumerate(plan.items_cpu.tolist()):
+        for h in range(ws.num_sel):
+            pos = (torch.rand(cand_end - cfg.sink_tokens, generator=gen) < 0.3).nonzero().flatten() + cfg.sink_tokens
+            ws.lists[h, off:off + pos.numel()] = pos.to(torch.int32).cuda()
+            ws.counts[i, h] = pos.numel()
+            picks[(i, h)] = pos
+    out = torch.full_like(case.q, float("nan"))
+    run_sparse_step(call, ws, out)
+    item = 0
+    for s in range(case.num_seqs):
+        k, v = case.seq_kv(s)
+        q, p0 = case.seq_q(s).float(), case.q_start(s)
+        sel = {}
+        for g in R.chunk_groups(p0, q.shape[0], cfg):
+            m = torch.zeros(ws.num_sel, k.shape[0], dtype=torch.bool, device="cuda")
+            for h in range(ws.num_sel):
+                m[h, picks[(item, h)].cuda()] = True
+            sel[g] = m
+            item += 1
+        mask = R.selection_to_key_mask(sel, p0, q.shape[0], q.shape[1], cfg)
+        ref = R.masked_attention(q, k, v, mask | R.anchor_region_mask(p0, q.shape[0], k.shape[0], cfg, "cuda"),
+                                 case.scale)
+        got = out[case.query_start_loc[s]:case.query_start_loc[s + 1]]
+        assert R.relative_error(got, ref) < TOL[dtype]
+
+
+def test_default_config_partial_selection_close_to_reference():
+    """Full pipeline at the default config, 8k tokens with stripes: output near the fp32 reference."""
+    cfg = AnchorConfig()
+    case = make_case([(0, 8192)], 8, 2, 128, dtype=torch.float16, device="cuda", seed=5,
+                     strong_frac=0.1, strong_gain=3.0)
+    out = _run(case, cfg)
+    k, v = case.seq_kv(0)
+    q = case.q.float()
+    ref, mask = R.anchor_attention(q, k, v, 0, case.scale, cfg)
+    cand = R.candidate_mask(0, q.shape[0], k.shape[0], cfg, "cuda")
+    frac = float(mask.sum() / (cand.sum() * q.shape[1]))
+    assert 0.03 < frac < 0.5, frac
+    assert R.relative_error(out, ref) < 5e-3
