@@ -24,10 +24,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
-
-from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill  # noqa: E402
-from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step  # noqa: E402
+from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
+from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step
 
 PAGE = 16
 

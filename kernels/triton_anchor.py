@@ -8,8 +8,8 @@ sparse step continues, plus per-tile sums of the queries and anchors for the str
 import triton
 import triton.language as tl
 
-from .plan import TILE_NROWS, TILE_POS0, TILE_ROW0, TILE_SEQ
-from .triton_common import load_kv_rows, online_softmax_update, paged_row_offsets
+from .triton_common import (TILE_NROWS, TILE_POS0, TILE_ROW0, TILE_SEQ, load_kv_rows,
+                            online_softmax_update, paged_row_offsets)
 
 
 @triton.jit

@@ -6,7 +6,18 @@ placeholder on machines without a GPU, where these kernels still run under TRITO
 import triton
 import triton.language as tl
 
+from . import plan as _plan
+
 LOG2E = 1.4426950408889634
+
+# Work-table columns (see plan.py) as constexprs, which is how jitted code may read globals.
+TILE_SEQ, TILE_ROW0, TILE_POS0, TILE_NROWS, TILE_ITEM = (
+    tl.constexpr(getattr(_plan, n)) for n in ("TILE_SEQ", "TILE_ROW0", "TILE_POS0", "TILE_NROWS", "TILE_ITEM"))
+ITEM_SEQ, ITEM_LIST_OFF, ITEM_POOL0, ITEM_NPOOL, ITEM_SEG0, ITEM_NSEG = (
+    tl.constexpr(getattr(_plan, n)) for n in ("ITEM_SEQ", "ITEM_LIST_OFF", "ITEM_POOL0", "ITEM_NPOOL",
+                                              "ITEM_SEG0", "ITEM_NSEG"))
+SEG_ITEM, SEG_LO, SEG_HI, SEG_OFF = (
+    tl.constexpr(getattr(_plan, n)) for n in ("SEG_ITEM", "SEG_LO", "SEG_HI", "SEG_OFF"))
 
 
 @triton.jit

@@ -8,8 +8,8 @@ lies before the group's local window, so no causal mask is needed.
 import triton
 import triton.language as tl
 
-from .plan import ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, TILE_SEQ
-from .triton_common import load_kv_rows, online_softmax_update, paged_row_offsets
+from .triton_common import (ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, TILE_SEQ, load_kv_rows,
+                            online_softmax_update, paged_row_offsets)
 
 
 @triton.jit

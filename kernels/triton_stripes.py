@@ -13,9 +13,8 @@ bounded by the candidates, never by ``N^2``.
 import triton
 import triton.language as tl
 
-from .plan import (ITEM_LIST_OFF, ITEM_NPOOL, ITEM_NSEG, ITEM_POOL0, ITEM_SEG0, ITEM_SEQ,
-                   SEG_HI, SEG_ITEM, SEG_LO, SEG_OFF)
-from .triton_common import paged_row_offsets
+from .triton_common import (ITEM_LIST_OFF, ITEM_NPOOL, ITEM_NSEG, ITEM_POOL0, ITEM_SEG0, ITEM_SEQ,
+                            SEG_HI, SEG_ITEM, SEG_LO, SEG_OFF, paged_row_offsets)
 
 
 @triton.jit

@@ -202,7 +202,9 @@ class PromptBuilder:
 def describe(builder: PromptBuilder) -> dict:
     return {"corpus": builder.sources, "corpus_tokens": int(len(builder.pool)),
             "prompt_format": builder.mode, "reuse_prefix": builder.reuse_prefix,
-            "prefix_tokens": 0 if builder.reuse_prefix else builder.prefix_tokens}
+            "random_prefix": None if builder.reuse_prefix else (
+                f"{builder.prefix_tokens} random tokens" if builder.mode == "ids"
+                else "16 hex digit nonce")}
 
 
 if __name__ == "__main__":  # quick look: python -m vllm_anchor.serving.prompts TOKENIZER LEN

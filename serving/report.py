@@ -1,0 +1,161 @@
+"""Tables, JSON and PNG plots of load-test results.
+
+A *run* is a list of per-prompt-length summaries (dicts from :func:`metrics.summarize` with an
+``input_len`` key); an A/B comparison is a dict ``label -> run``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+COLUMNS = [  # (header, key, format)
+    ("input", "input_len", "{:d}"),
+    ("ok", "completed", "{:d}"),
+    ("fail", "failed", "{:d}"),
+    ("TTFT mean", "mean_ttft_ms", "{:.1f}"),
+    ("p50", "median_ttft_ms", "{:.1f}"),
+    ("p90", "p90_ttft_ms", "{:.1f}"),
+    ("p99", "p99_ttft_ms", "{:.1f}"),
+    ("TPOT", "mean_tpot_ms", "{:.2f}"),
+    ("ITL", "mean_itl_ms", "{:.2f}"),
+    ("ITL p99", "p99_itl_ms", "{:.2f}"),
+    ("E2EL", "mean_e2el_ms", "{:.1f}"),
+    ("req/s", "request_throughput", "{:.3f}"),
+    ("out tok/s", "output_throughput", "{:.1f}"),
+]
+
+
+def _fmt(fmt: str, value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return fmt.format(value)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+def format_run(run: list[dict], title: str = "") -> str:
+    """Times in ms; one row per prompt length, then the errors by kind."""
+    cols = [c for c in COLUMNS if all(c[1] in s for s in run)]
+    rows = [[_fmt(f, s.get(k)) for _, k, f in cols] for s in run]
+    text = (title + "\n" if title else "") + _table([c[0] for c in cols], rows)
+    errs = []
+    for s in run:
+        counts = {k: v for k, v in s.get("error_counts", {}).items() if v}
+        if counts:
+            errs.append(f"  input {s['input_len']}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+            for kind, msg in s.get("error_examples", {}).items():
+                errs.append(f"    {kind}: {msg[:300]}")
+        if s.get("prompt_len_mismatches"):
+            errs.append(f"  input {s['input_len']}: {s['prompt_len_mismatches']} prompts had "
+                        "another length on the server (usage.prompt_tokens)")
+    if errs:
+        text += "\nerrors:\n" + "\n".join(errs)
+    return text
+
+
+def comparison_rows(runs: dict[str, list[dict]]) -> list[dict]:
+    """Per prompt length: each label's mean/p99 TTFT and mean ITL, and the TTFT speedup of
+    the first label over each other label (other's TTFT / first's TTFT)."""
+    labels = list(runs)
+    lens = sorted({s["input_len"] for run in runs.values() for s in run})
+    by = {lab: {s["input_len"]: s for s in run} for lab, run in runs.items()}
+    rows = []
+    for n in lens:
+        row: dict = {"input_len": n}
+        for lab in labels:
+            s = by[lab].get(n, {})
+            for key in ("mean_ttft_ms", "p99_ttft_ms", "mean_itl_ms", "completed", "failed"):
+                row[f"{lab}_{key}"] = s.get(key)
+        a = by[labels[0]].get(n, {})
+        for lab in labels[1:]:
+            b = by[lab].get(n, {})
+            ok = a.get("completed") and b.get("completed") and a.get("mean_ttft_ms")
+            row[f"ttft_speedup_{labels[0]}_vs_{lab}"] = (
+                b["mean_ttft_ms"] / a["mean_ttft_ms"] if ok else None)
+        rows.append(row)
+    return rows
+
+
+def format_comparison(runs: dict[str, list[dict]]) -> str:
+    labels = list(runs)
+    rows = comparison_rows(runs)
+    headers = ["input"]
+    for lab in labels:
+        headers += [f"{lab} TTFT", f"{lab} p99", f"{lab} ITL", f"{lab} fail"]
+    headers += [f"speedup vs {lab}" for lab in labels[1:]]
+    body = []
+    for r in rows:
+        cells = [str(r["input_len"])]
+        for lab in labels:
+            cells += [_fmt("{:.1f}", r[f"{lab}_mean_ttft_ms"]), _fmt("{:.1f}", r[f"{lab}_p99_ttft_ms"]),
+                      _fmt("{:.2f}", r[f"{lab}_mean_itl_ms"]), _fmt("{:d}", r[f"{lab}_failed"])]
+        cells += [_fmt("{:.2f}x", r[f"ttft_speedup_{labels[0]}_vs_{lab}"]) for lab in labels[1:]]
+        body.append(cells)
+    return (f"TTFT/ITL in ms; speedup = other's mean TTFT / {labels[0]}'s\n"
+            + _table(headers, body))
+
+
+def plot_ttft(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+    """PNG of TTFT (mean, with the p50-p99 range as an error bar) against prompt length; with
+    two or more labels, a second panel shows the TTFT speedup of the first label."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(runs)
+    two = len(labels) > 1
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6.5, 4.5), squeeze=False)
+    ax = axes[0][0]
+    for lab in labels:
+        pts = sorted((s["input_len"], s) for s in runs[lab] if s.get("completed"))
+        if not pts:
+            continue
+        xs = [n for n, _ in pts]
+        mean = [s["mean_ttft_ms"] for _, s in pts]
+        lo = [max(0.0, m - s.get("median_ttft_ms", m)) for m, (_, s) in zip(mean, pts)]
+        hi = [max(0.0, s.get("p99_ttft_ms", m) - m) for m, (_, s) in zip(mean, pts)]
+        ax.errorbar(xs, mean, yerr=[lo, hi], marker="o", capsize=3, label=f"{lab} (mean, p50-p99)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("TTFT (ms)")
+    ax.set_title(title or "Time to first token")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if two:
+        ax2 = axes[0][1]
+        rows = comparison_rows(runs)
+        for lab in labels[1:]:
+            key = f"ttft_speedup_{labels[0]}_vs_{lab}"
+            pts = [r for r in rows if r[key] is not None]
+            ax2.plot([r["input_len"] for r in pts], [r[key] for r in pts], marker="o",
+                     label=f"{labels[0]} vs {lab}")
+        ax2.axhline(1.0, color="gray", lw=1, ls="--")
+        ax2.set_xscale("log", base=2)
+        ax2.set_xlabel("prompt length (tokens)")
+        ax2.set_ylabel(f"TTFT speedup of {labels[0]} (x)")
+        ax2.set_title("Speedup (other mean TTFT / first)")
+        ax2.grid(True, which="both", alpha=0.3)
+        ax2.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_json(path: str | Path, obj: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=str))
+    return path

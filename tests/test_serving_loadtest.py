@@ -1,0 +1,474 @@
+"""CPU tests of the load tester against a real local HTTP server (FastAPI + uvicorn on
+127.0.0.1) that streams OpenAI-format SSE with injected delays and failures."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("aiohttp")
+pytest.importorskip("transformers")
+
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
+
+from vllm_anchor.serving import client, loadtest, metrics, prompts, report  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_LEN = 50_000  # the fake server's context limit (HTTP 400 above it, like vLLM)
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def tokdir(tmp_path_factory):
+    """A small real byte-level BPE tokenizer (trained here, offline) with BOS and a chat
+    template, saved as a Hugging Face folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = prompts.pydoc_texts()[:60]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n"
+                          "{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+    out = tmp_path_factory.mktemp("tok")
+    fast.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokdir):
+    return prompts.load_tokenizer(tokdir)
+
+
+class FakeServer:
+    """OpenAI-style streaming server.  ``behavior`` (set by each test):
+    ttft_base, ttft_per_1k (s), itl (s), modes (cycled per request: ok, 400, 500, drop, nodone,
+    hang), api_key.  Records every request body and the peak number of requests in flight."""
+
+    def __init__(self, tokenizer, tokdir: str):
+        self.tok, self.tokdir = tokenizer, tokdir
+        self.behavior: dict = {}
+        self.requests: list[dict] = []
+        self.auth: list[str | None] = []
+        self.inflight = self.peak = 0
+        self.app = self._make_app()
+
+    def reset(self, **behavior):
+        self.behavior = {"ttft_base": 0.0, "ttft_per_1k": 0.0, "itl": 0.0, "modes": ["ok"],
+                         "api_key": None, **behavior}
+        self.requests, self.auth = [], []
+        self.inflight = self.peak = 0
+
+    def _count(self, body: dict, chat: bool) -> int:
+        if chat:
+            enc = self.tok.apply_chat_template(body["messages"], tokenize=True,
+                                               add_generation_prompt=True)
+            return len(prompts._ids(enc))
+        p = body["prompt"]
+        return len(p) if isinstance(p, list) else len(self.tok.encode(p, add_special_tokens=True))
+
+    def _make_app(self) -> FastAPI:
+        app = FastAPI()
+        srv = self
+
+        def unauthorized(request: Request):
+            key = srv.behavior.get("api_key")
+            srv.auth.append(request.headers.get("authorization"))
+            if key and request.headers.get("authorization") != f"Bearer {key}":
+                return JSONResponse({"error": {"message": "Unauthorized", "code": 401}}, 401)
+            return None
+
+        @app.get("/v1/models")
+        async def models(request: Request):
+            if (r := unauthorized(request)) is not None:
+                return r
+            return {"object": "list", "data": [{"id": "fake-model", "object": "model",
+                                                "root": srv.tokdir}]}
+
+        async def handle(request: Request, chat: bool):
+            if (r := unauthorized(request)) is not None:
+                return r
+            body = await request.json()
+            index = len(srv.requests)
+            srv.requests.append(body)
+            modes = srv.behavior["modes"]
+            mode = modes[index % len(modes)]
+            n_prompt = srv._count(body, chat)
+            if mode == "400" or n_prompt > MAX_LEN:
+                msg = (f"This model's maximum context length is {MAX_LEN} tokens. However, you "
+                       f"requested {n_prompt} tokens in the messages.")
+                return JSONResponse({"error": {"message": msg, "type": "BadRequestError",
+                                               "code": 400}}, 400)
+            if mode == "500":
+                return JSONResponse({"error": {"message": "EngineCore died", "code": 500}}, 500)
+            n_out = body.get("max_completion_tokens") or body.get("max_tokens") or 1
+            ttft = srv.behavior["ttft_base"] + srv.behavior["ttft_per_1k"] * n_prompt / 1000
+            itl = srv.behavior["itl"]
+
+            def sse(obj) -> str:
+                return f"data: {json.dumps(obj)}\n\n"
+
+            def choice(text: str, role: bool = False) -> dict:
+                if chat:
+                    delta = {"role": "assistant", "content": ""} if role else {"content": text}
+                    return {"index": 0, "delta": delta, "finish_reason": None}
+                return {"index": 0, "text": text, "finish_reason": None}
+
+            async def gen():
+                srv.inflight += 1
+                srv.peak = max(srv.peak, srv.inflight)
+                try:
+                    await asyncio.sleep(30 if mode == "hang" else ttft)
+                    if chat:
+                        yield sse({"choices": [choice("", role=True)], "usage": None})
+                    for i in range(n_out):
+                        if i:
+                            await asyncio.sleep(itl)
+                        yield sse({"choices": [choice(f" t{i}")], "usage": None})
+                        if mode == "drop" and i == 1:
+                            raise RuntimeError("simulated engine crash mid-stream")
+                    yield sse({"choices": [], "usage": {"prompt_tokens": n_prompt,
+                                                        "completion_tokens": n_out,
+                                                        "total_tokens": n_prompt + n_out}})
+                    if mode != "nodone":
+                        yield "data: [DONE]\n\n"
+                finally:
+                    srv.inflight -= 1
+
+            return StreamingResponse(gen(), media_type="text/event-stream")
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            return await handle(request, chat=False)
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: Request):
+            return await handle(request, chat=True)
+
+        return app
+
+    def start(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = uvicorn.Config(self.app, log_level="critical", lifespan="off",
+                             timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started:
+            assert time.time() < deadline, "fake server did not start"
+            time.sleep(0.02)
+        return self
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tokenizer, tokdir):
+    a, b = FakeServer(tokenizer, tokdir).start(), FakeServer(tokenizer, tokdir).start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+@pytest.fixture
+def server(servers):
+    servers[0].reset()
+    servers[1].reset()
+    return servers[0]
+
+
+def bench_args(url: str, *extra: str):
+    return loadtest.build_parser().parse_args(
+        ["--base-url", url, "--no-progress", "--num-warmups", "0", *extra])
+
+
+def run(url: str, *extra: str) -> dict:
+    return asyncio.run(loadtest.run_bench(bench_args(url, *extra)))
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+# --------------------------------------------------------------------------- timing
+def test_ttft_itl_tpot_match_injected_delays(server, tokenizer):
+    server.reset(ttft_base=0.05, ttft_per_1k=0.02, itl=0.03)
+    res = run(server.url, "--input-lens", "2000,6000", "--num-prompts", "4",
+              "--output-len", "5")
+    by_len = {s["input_len"]: s for s in res["results"]}
+    assert sorted(by_len) == [2000, 6000]
+    for n, s in by_len.items():
+        expect_ttft = ms(0.05 + 0.02 * n / 1000)  # 90 ms and 170 ms
+        assert s["completed"] == 4 and s["failed"] == 0
+        assert expect_ttft - 2 <= s["mean_ttft_ms"] <= expect_ttft + 45, (n, s["mean_ttft_ms"])
+        assert expect_ttft - 2 <= s["median_ttft_ms"] <= s["p90_ttft_ms"] <= s["p99_ttft_ms"]
+        assert s["p99_ttft_ms"] <= expect_ttft + 80
+        assert 28 <= s["mean_itl_ms"] <= 55, s["mean_itl_ms"]
+        assert 28 <= s["mean_tpot_ms"] <= 55, s["mean_tpot_ms"]
+        assert s["mean_e2el_ms"] == pytest.approx(s["mean_ttft_ms"] + 4 * s["mean_tpot_ms"],
+                                                  rel=1e-6)
+        assert s["output_lens"] == [5] * 4 and all(len(x) == 4 for x in s["itls"])
+        assert s["input_lens"] == [n] * 4 and s["prompt_len_mismatches"] == 0
+        assert s["total_input_tokens"] == 4 * n and s["total_output_tokens"] == 20
+        assert s["request_throughput"] == pytest.approx(4 / s["duration"])
+    # TTFT grows with the prompt as injected: the 4000-token difference costs 80 ms
+    diff = by_len[6000]["mean_ttft_ms"] - by_len[2000]["mean_ttft_ms"]
+    assert 60 <= diff <= 100, diff
+
+
+def test_prompts_are_exact_token_ids_with_fresh_prefixes(server, tokenizer):
+    run(server.url, "--input-lens", "3000,9K", "--num-prompts", "3", "--output-len", "1")
+    sent = [r["prompt"] for r in server.requests]
+    assert [len(p) for p in sent] == [3000] * 3 + [9216] * 3
+    bos = tokenizer.bos_token_id
+    assert all(p[0] == bos for p in sent)  # the leading special the server would add to text
+    heads = {tuple(p[:17]) for p in sent}
+    assert len(heads) == 6  # no two requests share a first KV block
+    assert all(isinstance(t, int) and 0 <= t < len(tokenizer) for p in sent for t in p)
+    assert all(r["stream"] and r["stream_options"] == {"include_usage": True}
+               and r["max_tokens"] == 1 and r["ignore_eos"] for r in server.requests)
+
+
+def test_reuse_prefix_sends_identical_prompts(server):
+    run(server.url, "--input-lens", "1500", "--num-prompts", "3", "--output-len", "1",
+        "--reuse-prefix")
+    sent = [r["prompt"] for r in server.requests]
+    assert len(sent) == 3 and sent[0] == sent[1] == sent[2] and len(sent[0]) == 1500
+
+
+def test_text_prompts_fit_server_token_count(server, tokenizer):
+    res = run(server.url, "--input-lens", "1000,4321", "--num-prompts", "2", "--output-len", "2",
+              "--no-token-ids")
+    sent = [r["prompt"] for r in server.requests]
+    assert all(isinstance(p, str) for p in sent)
+    assert [len(tokenizer.encode(p)) for p in sent] == [1000, 1000, 4321, 4321]
+    assert all(s["prompt_len_mismatches"] == 0 for s in res["results"])
+    assert sent[0] != sent[1]
+
+
+def test_chat_endpoint_template_length_and_role_chunk(server, tokenizer):
+    server.reset(ttft_base=0.06, itl=0.03)
+    res = run(server.url, "--endpoint", "/v1/chat/completions", "--input-lens", "1500",
+              "--num-prompts", "2", "--output-len", "4")
+    s = res["results"][0]
+    assert s["completed"] == 2 and res["backend"] == "openai-chat"
+    for body in server.requests:
+        enc = tokenizer.apply_chat_template(body["messages"], tokenize=True,
+                                            add_generation_prompt=True)
+        assert len(prompts._ids(enc)) == 1500
+        assert body["max_completion_tokens"] == 4
+    # the role-only chunk sets TTFT but its near-zero gap to token 1 is not an ITL
+    assert all(len(x) == 3 for x in s["itls"])
+    assert 28 <= s["mean_itl_ms"] <= 55 and 58 <= s["mean_ttft_ms"] <= 105
+
+
+def test_concurrency_limit_and_poisson_rate(server):
+    server.reset(ttft_base=0.15)
+    run(server.url, "--input-lens", "500", "--num-prompts", "6", "--output-len", "1",
+        "--concurrency", "2")
+    assert server.peak == 2 and len(server.requests) == 6
+    server.reset(ttft_base=0.01)
+    t0 = time.perf_counter()
+    res = run(server.url, "--input-lens", "500", "--num-prompts", "200", "--output-len", "1",
+              "--concurrency", "0", "--request-rate", "40", "--duration", "0.5")
+    elapsed = time.perf_counter() - t0
+    n = res["results"][0]["completed"]
+    assert 5 <= n <= 45, n  # about 40/s * 0.5 s; the time limit stopped the other requests
+    assert len(server.requests) == n and elapsed < 5
+
+
+# --------------------------------------------------------------------------- errors
+def test_errors_counted_by_kind(server):
+    server.reset(modes=["ok", "400", "500", "drop", "nodone", "hang"], itl=0.01)
+    res = run(server.url, "--input-lens", "800", "--num-prompts", "6", "--output-len", "4",
+              "--timeout", "0.7")
+    s = res["results"][0]
+    assert s["completed"] == 1 and s["failed"] == 5
+    assert s["error_counts"] == {"http_4xx": 1, "http_5xx": 1, "timeout": 1,
+                                 "dropped_stream": 2, "connection": 0, "other": 0}
+    assert "maximum context length is 50000" in s["error_examples"]["http_4xx"]
+    assert "EngineCore died" in s["error_examples"]["http_5xx"]
+    assert s["output_lens"].count(0) == 5 and len(s["errors"]) == 6
+
+
+def test_connection_errors_are_their_own_kind():
+    async def go():
+        # a TCP server that accepts and closes at once, and a port nobody listens on
+        async def slam(reader, writer):
+            writer.close()
+        srv = await asyncio.start_server(slam, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+        closed.close()
+        import aiohttp
+        async with aiohttp.ClientSession() as session:
+            out = []
+            for p in (port, dead_port):
+                out.append(await client.stream_request(
+                    session, f"http://127.0.0.1:{p}/v1/completions", b"{}", 10, {}, 5.0))
+        srv.close()
+        await srv.wait_closed()
+        return out
+    for r in asyncio.run(go()):
+        assert not r.success and r.error_kind == "connection", (r.error_kind, r.error)
+
+
+def test_unreachable_server_message(capsys):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    rc = loadtest.main(["--base-url", f"http://127.0.0.1:{port}", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach the server" in err and str(port) in err
+
+
+def test_http_400_message_is_printed(server, capsys, tmp_path):
+    rc = loadtest.main(["--base-url", server.url, "--input-lens", "60000", "--num-prompts", "2",
+                        "--num-warmups", "1", "--no-progress", "--result-dir", str(tmp_path),
+                        "--no-plot"])
+    out = capsys.readouterr()
+    assert rc == 1  # nothing completed
+    assert "maximum context length is 50000 tokens" in out.err  # the warm-up's failure
+    assert "http_4xx=2" in out.out and "requested 60000 tokens" in out.out
+
+
+def test_api_key_is_sent_and_required(server, capsys, tmp_path):
+    server.reset(api_key="s3cret")
+    rc = loadtest.main(["--base-url", server.url, "--no-progress", "--input-lens", "300"])
+    assert rc == 2 and "--api-key" in capsys.readouterr().err
+    rc = loadtest.main(["--base-url", server.url, "--no-progress", "--input-lens", "300",
+                        "--num-prompts", "2", "--api-key", "s3cret", "--result-dir",
+                        str(tmp_path), "--no-plot"])
+    assert rc == 0
+    assert server.auth[-1] == "Bearer s3cret" and len(server.requests) == 3  # 1 warm-up + 2
+
+
+# --------------------------------------------------------------------------- outputs
+VLLM_KEYS = ["duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
+             "request_throughput", "output_throughput", "total_token_throughput",
+             "input_lens", "output_lens", "ttfts", "itls", "errors"] + [
+    f"{stat}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el")
+    for stat in ("mean", "median", "std", "p50", "p90", "p99")]
+
+
+def _check_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+    from PIL import Image
+    with Image.open(path) as im:
+        im.verify()
+        assert im.format == "PNG" and im.size[0] > 300
+
+
+def test_main_writes_json_table_and_png(server, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    server.reset(ttft_base=0.02, ttft_per_1k=0.01, itl=0.005)
+    rc = loadtest.main(["--base-url", server.url, "--input-lens", "1k,3k", "--num-prompts", "2",
+                        "--output-len", "3", "--no-progress", "--result-dir", str(tmp_path),
+                        "--result-filename", "out.json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    for key in ("date", "backend", "model_id", "tokenizer_id", "num_prompts", "request_rate",
+                "max_concurrency", "label", "results", "corpus", "prompt_format"):
+        assert key in data, key
+    assert data["model_id"] == "fake-model" and data["request_rate"] == "inf"
+    assert [r["input_len"] for r in data["results"]] == [1000, 3000]
+    for r in data["results"]:
+        missing = [k for k in VLLM_KEYS if k not in r]
+        assert not missing, missing
+        assert r["completed"] == 2
+    assert "TTFT mean" in out and "1000" in out and "3000" in out
+    _check_png(tmp_path / "out.png")
+
+
+def test_ab_mode_compares_two_servers(servers, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    fast, slow = servers
+    fast.reset(ttft_base=0.03, ttft_per_1k=0.0)
+    slow.reset(ttft_base=0.03, ttft_per_1k=0.05)  # 2000 tokens: 130 ms vs 30 ms
+    rc = loadtest.main(["--base-url", fast.url, "--compare-url", slow.url,
+                        "--labels", "anchor,stock", "--input-lens", "2000", "--num-prompts", "3",
+                        "--output-len", "2", "--no-progress", "--result-dir", str(tmp_path),
+                        "--result-filename", "ab.json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    data = json.loads((tmp_path / "ab.json").read_text())
+    assert data["labels"] == ["anchor", "stock"] and set(data["runs"]) == {"anchor", "stock"}
+    assert data["runs"]["stock"]["base_url"] == slow.url
+    # both servers got the same prompts (1 warm-up + 3 measured each)
+    assert [r["prompt"] for r in fast.requests] == [r["prompt"] for r in slow.requests]
+    row = data["comparison"][0]
+    assert row["input_len"] == 2000
+    assert 2.0 <= row["ttft_speedup_anchor_vs_stock"] <= 4.6, row
+    assert "speedup vs stock" in out
+    _check_png(tmp_path / "ab.png")
+
+
+# --------------------------------------------------------------------------- units
+def test_summarize_matches_vllm_definitions():
+    R = client.RequestResult
+    rs = [R(prompt_len=100, ttft=0.1, itl=[0.02, 0.04], latency=0.16, output_len=3, success=True),
+          R(prompt_len=100, ttft=0.3, itl=[0.01], latency=0.31, output_len=2, success=True),
+          R(prompt_len=100, ttft=0.2, itl=[], latency=0.2, output_len=1, success=True),
+          R(prompt_len=100, success=False, error_kind="timeout", error="t")]
+    s = metrics.summarize(rs, duration_s=2.0, percentiles=(50, 99.9))
+    assert s["completed"] == 3 and s["failed"] == 1
+    assert s["mean_ttft_ms"] == pytest.approx(200.0) and s["median_ttft_ms"] == pytest.approx(200.0)
+    assert s["p99.9_ttft_ms"] == pytest.approx(np.percentile([100, 300, 200], 99.9))
+    # TPOT only for requests with > 1 output token: (0.16-0.1)/2 = 30 ms, (0.31-0.3)/1 = 10 ms
+    assert s["mean_tpot_ms"] == pytest.approx(20.0)
+    assert s["mean_itl_ms"] == pytest.approx((20 + 40 + 10) / 3)
+    assert s["mean_e2el_ms"] == pytest.approx((160 + 310 + 200) / 3)
+    assert s["request_throughput"] == pytest.approx(1.5)
+    assert s["total_output_tokens"] == 6 and s["output_throughput"] == pytest.approx(3.0)
+    assert s["total_input_tokens"] == 300
+    assert s["error_counts"]["timeout"] == 1 and sum(s["error_counts"].values()) == 1
+
+
+def test_parse_length_follows_vllm():
+    assert prompts.parse_length("8k") == 8000 and prompts.parse_length("8K") == 8192
+    assert prompts.parse_length("128K") == 131072 and prompts.parse_length("32768") == 32768
+    with pytest.raises(ValueError):
+        prompts.parse_length("8 tokens")
+
+
+def test_prompt_builder_long_prompts_wrap_or_use_kjv(tokenizer):
+    b = prompts.PromptBuilder(tokenizer, corpus="pydoc", max_len=0)
+    n = len(b.pool) + 5000  # longer than the whole corpus: wraps around
+    p = b.build(n, 0)
+    assert len(p.ids) == n and p.ids == b.build(n, 0).ids and p.ids != b.build(n, 1).ids
+
+
+def test_error_message_extraction():
+    assert client.error_message(b'{"error": {"message": "too long", "code": 400}}') == "too long"
+    assert client.error_message(b'{"object": "error", "message": "bad"}') == "bad"
+    assert client.error_message(b"plain text") == "plain text"
