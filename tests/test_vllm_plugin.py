@@ -1,0 +1,161 @@
+"""vLLM glue on the CPU: registration and alias, settings and their rejections, routing."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vllm_anchor.kernels import AnchorConfig, plan_anchor_prefill
+from vllm_anchor.routing import first_anchor_request, slice_requests, stripe_density
+from vllm_anchor.settings import KNOWN_KEYS, AnchorSettings, load_settings, parse_layers
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+def test_plugin_registers_custom_and_alias_idempotently():
+    from vllm.config.attention import AttentionConfig
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    from vllm_anchor.plugin import register
+    register()
+    register()  # a second load is harmless
+    assert AttentionBackendEnum["ANCHOR"] is AttentionBackendEnum.CUSTOM
+    assert AttentionBackendEnum.CUSTOM.get_class().__name__ == "AnchorBackend"
+    for spelling in ("anchor", "Anchor", "ANCHOR", "CUSTOM"):
+        assert AttentionConfig(backend=spelling).backend is AttentionBackendEnum.CUSTOM
+    assert list(AttentionBackendEnum).count(AttentionBackendEnum.CUSTOM) == 1
+
+
+def test_entry_point_is_installed():
+    from importlib.metadata import entry_points
+    eps = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
+    assert eps.get("anchor") == "vllm_anchor.plugin:register"
+
+
+def test_backend_name_and_capabilities():
+    from vllm.v1.attention.backend import AttentionCGSupport
+
+    from vllm_anchor.backend import AnchorBackend, AnchorImpl, AnchorMetadataBuilder
+    assert AnchorBackend.get_name() == "CUSTOM"
+    assert AnchorBackend.get_impl_cls() is AnchorImpl
+    assert AnchorBackend.get_builder_cls() is AnchorMetadataBuilder
+    assert not AnchorBackend.is_sparse() and not AnchorBackend.is_mla()
+    assert not AnchorBackend.supports_non_causal() and not AnchorBackend.supports_batch_invariance()
+    assert AnchorMetadataBuilder.get_cudagraph_support(None, None) is AttentionCGSupport.UNIFORM_BATCH
+    # same KV layout as FLASH_ATTN: the cache written by stock reshape_and_cache is ours
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionBackend
+    assert AnchorBackend.get_kv_cache_shape(7, 16, 2, 64) == FlashAttentionBackend.get_kv_cache_shape(7, 16, 2, 64)
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+def test_settings_defaults_env_and_additional_config_precedence():
+    s = load_settings({}, environ={})
+    assert s == AnchorSettings() and s.kernel == AnchorConfig()
+    s = load_settings({}, environ={"VLLM_ANCHOR_THETA": "10", "VLLM_ANCHOR_SHARE_GQA": "false",
+                                   "VLLM_ANCHOR_MIN_SEQ_LEN": "8192", "OTHER": "x"})
+    assert s.kernel.theta == 10.0 and s.kernel.share_gqa is False and s.min_seq_len == 8192
+    s = load_settings({"anchor": {"theta": 14, "group_size": 4096, "layers": "0-3,7"}},
+                      environ={"VLLM_ANCHOR_THETA": "10"})
+    assert s.kernel.theta == 14.0 and s.kernel.group_size == 4096
+    assert s.layer_enabled(2) and s.layer_enabled(7) and not s.layer_enabled(5)
+    assert math.isinf(load_settings({"anchor": {"theta": "inf"}}, environ={}).kernel.theta)
+
+
+def test_every_known_key_has_an_env_variable():
+    for key in KNOWN_KEYS:
+        value = {"theta": "9", "share_gqa": "1", "layers": "all", "enabled": "on",
+                 "density_guard": "0.5"}.get(key, "256")
+        load_settings({}, environ={f"VLLM_ANCHOR_{key.upper()}": value})
+
+
+@pytest.mark.parametrize("extra,env,needle", [
+    ({"anchor": {"thetaa": 3}}, {}, "'thetaa'"),
+    ({}, {"VLLM_ANCHOR_THETTA": "3"}, "VLLM_ANCHOR_THETTA"),
+    ({"anchor": {"theta": "high"}}, {}, "'theta'"),
+    ({"anchor": {"theta": float("nan")}}, {}, "'theta'"),
+    ({"anchor": {"sink_tokens": -1}}, {}, "sink_tokens"),
+    ({"anchor": {"sink_tokens": 1.5}}, {}, "'sink_tokens'"),
+    ({"anchor": {"group_size": 1000}}, {}, "group_size"),
+    ({"anchor": {"pool_block": 100}}, {}, "pool_block"),
+    ({"anchor": {"share_gqa": "maybe"}}, {}, "'share_gqa'"),
+    ({"anchor": {"min_seq_len": 0}}, {}, "min_seq_len"),
+    ({"anchor": {"density_guard": 1.5}}, {}, "density_guard"),
+    ({"anchor": {"layers": "3-1"}}, {}, "layers"),
+    ({"anchor": {"enabled": "perhaps"}}, {}, "'enabled'"),
+    ({"anchor": 5}, {}, '"anchor" must be an object'),
+    ({}, {"VLLM_ANCHOR_GROUP_SIZE": "two"}, "VLLM_ANCHOR_GROUP_SIZE"),
+])
+def test_settings_reject_bad_input_naming_it(extra, env, needle):
+    with pytest.raises(ValueError) as e:
+        load_settings(extra, environ=env)
+    assert needle in str(e.value)
+
+
+def test_plugin_register_rejects_bad_environment(monkeypatch):
+    from vllm_anchor.plugin import register
+    monkeypatch.setenv("VLLM_ANCHOR_THETA", "lots")
+    with pytest.raises(ValueError, match="VLLM_ANCHOR_THETA"):
+        register()
+
+
+def test_parse_layers():
+    assert parse_layers("all") is None
+    assert parse_layers("1, 4-6") == {1, 4, 5, 6}
+    with pytest.raises(ValueError):
+        parse_layers("a-b")
+
+
+# --- routing ----------------------------------------------------------------------------------------
+
+def _qsl(q_lens):
+    return torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
+
+
+@pytest.mark.parametrize("q_lens,seq_lens,num_decodes,expected", [
+    ([1, 1, 300, 8192], [50, 90000, 400, 40000], 2, 3),      # decodes + short + long -> tail of one
+    ([1, 8192, 8192], [20000, 30000, 40000], 1, 1),          # both prefills long
+    ([1, 1], [50000, 60000], 2, 2),                            # decode only: nothing
+    ([8192, 100], [40000, 500], 0, 2),                         # long then short: only a long tail counts
+    ([8192], [16384], 0, 0),                                   # exactly at min_seq_len
+    ([8192], [16383], 0, 1),
+])
+def test_first_anchor_request(q_lens, seq_lens, num_decodes, expected):
+    k = first_anchor_request(_qsl(q_lens), torch.tensor(seq_lens), num_decodes, min_seq_len=16384)
+    assert k == expected
+
+
+def test_slice_requests_keeps_head_consistent():
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+    q_lens, seq_lens = [1, 1, 300, 4096], [50, 70, 400, 20000]
+    qsl = _qsl(q_lens)
+    n = int(qsl[-1])
+    cm = CommonAttentionMetadata(
+        query_start_loc=qsl.clone(), query_start_loc_cpu=qsl, seq_lens=torch.tensor(seq_lens),
+        num_reqs=4, num_actual_tokens=n, max_query_len=4096, max_seq_len=20000,
+        block_table_tensor=torch.arange(4 * 8).view(4, 8), slot_mapping=torch.arange(n),
+        seq_lens_cpu_upper_bound=torch.tensor(seq_lens), positions=torch.arange(n),
+        is_prefilling=torch.tensor([False, False, True, True]))
+    head = slice_requests(cm, 0, 3)
+    assert head.num_reqs == 3 and head.num_actual_tokens == 302
+    assert head.max_query_len == 300 and head.max_seq_len == 400
+    assert head.slot_mapping.shape[0] == 302 and head.positions.shape[0] == 302
+    assert head.block_table_tensor.shape[0] == 3 and head.seq_lens.tolist() == [50, 70, 400]
+    assert head.is_prefilling.tolist() == [False, False, True]
+    with pytest.raises(ValueError):
+        slice_requests(cm, 1, 3)
+
+
+def test_stripe_density_and_guard_decision():
+    cfg = AnchorConfig(sink_tokens=8, local_tokens=8, group_size=64, pool_block=16)
+    plan = plan_anchor_prefill([0, 100], [200], cfg, 16, "cpu")
+    cand = plan.items_cpu[:, 1] - cfg.sink_tokens
+    full = cand[:, None].repeat(1, 2).to(torch.int32)
+    assert stripe_density(plan, full) == pytest.approx(1.0)
+    assert stripe_density(plan, torch.zeros_like(full)) == 0.0
+    half = full // 2
+    d = stripe_density(plan, half)
+    assert 0.4 < d < 0.55
+    settings = AnchorSettings(density_guard=0.3)
+    assert (d > settings.density_guard) and not (stripe_density(plan, full // 10) > settings.density_guard)

@@ -1,0 +1,204 @@
+"""AnchorAttention as a vLLM attention backend (wraps FlashAttention).
+
+The backend *is* FlashAttention for everything but long prefills: same KV-cache layout, same
+cache writes, decode batches captured as full CUDA graphs running stock FA3. A prefill request
+whose context reaches ``min_seq_len`` runs the anchor kernels on its current chunk against all
+of its cached tokens (prefix-cache hits and earlier chunks included)::
+
+    batch (reordered):  | decodes | short prefills |  long prefills (anchor)  |
+    tokens:             0 ........................ n_head ............... num_actual_tokens
+    per anchor request:    context_len = seq_len - query_len (already in the cache)
+                           |<------- context ------->|<-- query chunk -->|
+                           0                     context_len          seq_len
+
+``forward`` runs eagerly between CUDA-graph pieces (attention is a splitting op), so the
+anchor path may branch on the host; the decode-only path taken at graph capture is stock FA.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from vllm.config import get_current_vllm_config_or_none
+from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
+from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashAttentionImpl,
+                                                   FlashAttentionMetadata, FlashAttentionMetadataBuilder)
+from vllm.v1.attention.backends.utils import split_decodes_and_prefills
+
+from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill
+from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_sparse_step, run_stripe_step
+
+from .routing import first_anchor_request, slice_requests, stripe_density
+from .settings import AnchorSettings, load_settings
+from .stats import STATS
+
+logger = logging.getLogger("vllm_anchor")
+
+
+@dataclass
+class AnchorPrefillMetadata:
+    plan: AnchorPlan
+    block_table: torch.Tensor  # [num_anchor_reqs, max_blocks]
+    token_start: int  # first anchor token in the batch
+    token_end: int
+
+
+@dataclass
+class AnchorMetadata:
+    fa: FlashAttentionMetadata  # the whole batch, exactly what FLASH_ATTN would use
+    fa_head: FlashAttentionMetadata | None  # requests before the anchor tail (None: none)
+    anchor: AnchorPrefillMetadata | None  # None: no long prefill in this batch
+
+    @property
+    def num_actual_tokens(self) -> int:
+        return self.fa.num_actual_tokens
+
+
+def _settings(vllm_config) -> AnchorSettings:
+    return load_settings(getattr(vllm_config, "additional_config", None) or {})
+
+
+class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
+    # Decode-only batches replay full graphs (stock FA); prefills run eagerly.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_BATCH
+    reorder_batch_threshold: int = 1
+    supports_update_block_table: bool = False  # our metadata is not FlashAttentionMetadata
+
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self._init_reorder_batch_threshold(1)
+        self.settings = _settings(vllm_config)
+        self.head_size = kv_cache_spec.head_size
+
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
+        return cls._cudagraph_support
+
+    def use_cascade_attention(self, *args, **kwargs) -> bool:
+        return False
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> AnchorMetadata:
+        cm = common_attn_metadata
+        fa = super().build(common_prefix_len, cm, fast_build)
+        if not self.settings.enabled:
+            return AnchorMetadata(fa, None, None)
+        if cm.seq_lens_cpu_upper_bound is None:
+            logger.warning("vllm-anchor: the model runner gave no host sequence lengths; "
+                           "this step runs stock FlashAttention")
+            return AnchorMetadata(fa, None, None)
+        num_decodes, num_prefills, _, _ = split_decodes_and_prefills(
+            cm, decode_threshold=self.reorder_batch_threshold)
+        if num_prefills == 0:
+            return AnchorMetadata(fa, None, None)
+        qsl = cm.query_start_loc_cpu[: cm.num_reqs + 1]
+        seq_lens = cm.seq_lens_cpu_upper_bound[: cm.num_reqs]
+        k = first_anchor_request(qsl, seq_lens, num_decodes, self.settings.min_seq_len)
+        if k == cm.num_reqs:
+            return AnchorMetadata(fa, None, None)
+        start, end = int(qsl[k]), int(qsl[cm.num_reqs])
+        plan = plan_anchor_prefill(qsl[k:] - start, seq_lens[k:], self.settings.kernel, self.head_size,
+                                   self.device)
+        fa_head = super().build(0, slice_requests(cm, 0, k), fast_build) if k > 0 else None
+        anchor = AnchorPrefillMetadata(plan=plan, block_table=cm.block_table_tensor[k:cm.num_reqs],
+                                       token_start=start, token_end=end)
+        return AnchorMetadata(fa, fa_head, anchor)
+
+
+class AnchorImpl(FlashAttentionImpl):
+    supports_dcp: ClassVar[bool] = False
+
+    def __init__(self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
+                 kv_cache_dtype, logits_soft_cap=None, attn_type=AttentionType.DECODER,
+                 kv_sharing_target_layer_name=None, **kwargs):
+        super().__init__(num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
+                         kv_cache_dtype, logits_soft_cap, attn_type, kv_sharing_target_layer_name, **kwargs)
+        self.settings = _settings(get_current_vllm_config_or_none())
+        reasons = []
+        if attn_type != AttentionType.DECODER:
+            reasons.append(f"attention type {attn_type}")
+        if sliding_window is not None and tuple(self.sliding_window) != (-1, -1):
+            reasons.append(f"sliding window {sliding_window}")
+        if alibi_slopes is not None:
+            reasons.append("ALiBi")
+        if logits_soft_cap:
+            reasons.append("logit soft-cap")
+        if kwargs.get("sinks") is not None:
+            reasons.append("learned attention sinks")
+        if kv_cache_dtype not in ("auto", "bfloat16", "float16"):
+            reasons.append(f"KV cache dtype {kv_cache_dtype}")
+        if head_size > 256:
+            reasons.append(f"head size {head_size} > 256")
+        self._unsupported = ", ".join(reasons)
+        self._layer_on: bool | None = None  # resolved at the first forward (needs the layer name)
+
+    def _anchor_on(self, layer) -> bool:
+        if self._layer_on is None:
+            from vllm.model_executor.models.utils import extract_layer_index
+            name = getattr(layer, "layer_name", "")
+            try:
+                index = extract_layer_index(name)
+            except (AssertionError, ValueError):
+                index = None
+            self._layer_on = self.settings.layer_enabled(index) and not self._unsupported
+            if self._unsupported and self.settings.enabled:
+                logger.info("vllm-anchor: layer %s runs stock FlashAttention (%s)", name, self._unsupported)
+        return self._layer_on
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                output_scale=None, output_block_scale=None):
+        """query ``[T, H, D]``, kv_cache logical ``[blocks, Hkv, page, 2D]``, output ``[T, H, D]``."""
+        md = attn_metadata
+        if md is None:  # memory-profiling run
+            return super().forward(layer, query, key, value, kv_cache, None, output,
+                                   output_scale, output_block_scale)
+        if md.anchor is None or output_scale is not None or not self._anchor_on(layer):
+            return super().forward(layer, query, key, value, kv_cache, md.fa, output,
+                                   output_scale, output_block_scale)
+        a = md.anchor
+        rows = slice(a.token_start, a.token_end)
+        call = _Call(query[rows], kv_cache, a.block_table, a.plan, self.scale)
+        ws = new_workspace(call)
+        run_anchor_step(call, ws)
+        run_stripe_step(call, ws)
+        density = stripe_density(a.plan, ws.counts)  # one host sync per layer, prefill only
+        name = getattr(layer, "layer_name", "?")
+        if density > self.settings.density_guard:
+            STATS.record(name, density, fallback=True)
+            return super().forward(layer, query, key, value, kv_cache, md.fa, output,
+                                   output_scale, output_block_scale)
+        STATS.record(name, density, fallback=False)
+        if md.fa_head is not None:
+            super().forward(layer, query, key, value, kv_cache, md.fa_head, output)
+        run_sparse_step(call, ws, output[rows])
+        return output
+
+
+class AnchorBackend(FlashAttentionBackend):
+    """FlashAttention's KV layout, cache writes and validation, plus the anchor prefill path."""
+
+    @staticmethod
+    def get_name() -> str:
+        return "CUSTOM"  # must be an AttentionBackendEnum key; `anchor` is an alias of it
+
+    @staticmethod
+    def get_impl_cls():
+        return AnchorImpl
+
+    @staticmethod
+    def get_builder_cls():
+        return AnchorMetadataBuilder
+
+    @classmethod
+    def supports_compute_capability(cls, capability) -> bool:
+        return capability.major >= 8
+
+    @classmethod
+    def supports_batch_invariance(cls) -> bool:
+        return False
+
+    @classmethod
+    def supports_non_causal(cls) -> bool:
+        return False

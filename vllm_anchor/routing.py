@@ -1,0 +1,64 @@
+"""Host-side decisions of the backend, free of vLLM state so they can be tested on the CPU."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from vllm_anchor.kernels import AnchorPlan
+
+
+def first_anchor_request(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor,
+                         num_decodes: int, min_seq_len: int) -> int:
+    """Index ``k`` such that requests ``[k, R)`` all run anchor; ``R`` when none does.
+
+    The batch is ordered decodes first, then prefills (vLLM reorders it for builders with a
+    ``reorder_batch_threshold``; V2 sorts prefills by chunk length). A request qualifies when
+    it is a prefill (query length > 1) whose context after this chunk reaches ``min_seq_len``.
+    Only a qualifying *tail* is taken, so FlashAttention and the anchor kernels each see one
+    contiguous slice; a qualifying request followed by a short one simply runs dense.
+    """
+    num_reqs = seq_lens_cpu.shape[0]
+    q_lens = (query_start_loc_cpu[1:num_reqs + 1] - query_start_loc_cpu[:num_reqs]).tolist()
+    seq_lens = seq_lens_cpu.tolist()
+    k = num_reqs
+    while k > num_decodes and q_lens[k - 1] > 1 and seq_lens[k - 1] >= min_seq_len:
+        k -= 1
+    return k
+
+
+def slice_requests(cm, start: int, end: int):
+    """``CommonAttentionMetadata`` of requests ``[start, end)`` (``start`` must be 0)."""
+    if start != 0:
+        raise ValueError("only a head slice [0, end) keeps the token offsets valid")
+    qsl_cpu = cm.query_start_loc_cpu[: end + 1]
+    n_tok = int(qsl_cpu[-1])
+    q_lens = qsl_cpu[1:] - qsl_cpu[:-1]
+    upper = cm.seq_lens_cpu_upper_bound
+    fields = dict(
+        query_start_loc=cm.query_start_loc[: end + 1], query_start_loc_cpu=qsl_cpu,
+        seq_lens=cm.seq_lens[:end], num_reqs=end, num_actual_tokens=n_tok,
+        max_query_len=int(q_lens.max()) if end else 0,
+        max_seq_len=int(upper[:end].max()) if upper is not None and end else cm.max_seq_len,
+        block_table_tensor=cm.block_table_tensor[:end], slot_mapping=cm.slot_mapping[:n_tok],
+    )
+    if upper is not None:
+        fields["seq_lens_cpu_upper_bound"] = upper[:end]
+    if cm.is_prefilling is not None:
+        fields["is_prefilling"] = cm.is_prefilling[:end]
+    if cm.positions is not None:
+        fields["positions"] = cm.positions[:n_tok]
+    return replace(cm, **fields)
+
+
+def stripe_density(plan: AnchorPlan, counts: torch.Tensor) -> float:
+    """Selected / candidate (query, key) pairs of the chunk, all selector heads together.
+
+    Reads ``counts`` back to the host: one synchronization per layer, on prefill steps only.
+    """
+    cand = (plan.items_cpu[:, 1] - plan.cfg.sink_tokens).to(torch.float64)
+    q = plan.item_queries_cpu.to(torch.float64)
+    total = float((cand * q).sum()) * counts.shape[1]
+    if total == 0:
+        return 0.0
+    return float((counts.cpu().to(torch.float64).sum(1) * q).sum()) / total
