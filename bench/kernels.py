@@ -113,7 +113,7 @@ def work(plan, ws, num_heads: int, head_dim: int, n: int):
 
 def profile(q, kv_cache, bt, n, cfg, scale):
     """Time each step and the whole call; return times (ms), work and the output."""
-    plan = plan_anchor_prefill([0, n], [n], cfg, q.shape[-1], q.device)
+    plan = plan_anchor_prefill([0, n], [n], cfg, q.shape[1], kv_cache.shape[1], q.shape[2], q.device)
     call = _Call(q, kv_cache, bt, plan, scale)
     ws = new_workspace(call)
     out = torch.empty_like(q)
@@ -122,7 +122,7 @@ def profile(q, kv_cache, bt, n, cfg, scale):
         "stripe_ms": time_ms(lambda: run_stripe_step(call, ws)),
         "sparse_ms": time_ms(lambda: run_sparse_step(call, ws, out)),
         "total_ms": time_ms(lambda: anchor_prefill(q, kv_cache, bt, plan, scale, out=out, workspace=ws)),
-        "plan_ms_host": _host_ms(lambda: plan_anchor_prefill([0, n], [n], cfg, q.shape[-1], q.device)),
+        "plan_ms_host": _host_ms(lambda: plan_anchor_prefill([0, n], [n], cfg, q.shape[1], kv_cache.shape[1], q.shape[2], q.device)),
     }
     anchor_prefill(q, kv_cache, bt, plan, scale, out=out, workspace=ws)
     return t, work(plan, ws, q.shape[1], q.shape[2], n), out, plan, ws
@@ -269,7 +269,7 @@ def run_smollm2(args):
             fa_ms = time_ms(lambda: fa3_prefill(q, kv_cache, bt, n, scale, out=fa_out), budget_s=0.2)
             for theta in args.thetas:
                 cfg = AnchorConfig(theta=theta)
-                plan = plan_anchor_prefill([0, n], [n], cfg, d, "cuda")
+                plan = plan_anchor_prefill([0, n], [n], cfg, q.shape[1], kv_cache.shape[1], d, "cuda")
                 call = _Call(q, kv_cache, bt, plan, scale)
                 ws = new_workspace(call)
                 out = torch.empty_like(q)

@@ -2,7 +2,7 @@
 
 Example (checked in tests/test_kernels_cpu.py)::
 
-    plan = plan_anchor_prefill(cu_seqlens_q_cpu, seq_lens_cpu, AnchorConfig(), head_dim, "cuda")
+    plan = plan_anchor_prefill(cu_seqlens_q_cpu, seq_lens_cpu, AnchorConfig(), H, Hkv, D, "cuda")
     out = anchor_prefill(q, kv_cache, block_table, plan, scale=head_dim ** -0.5)
     # with AnchorConfig(theta=float("inf")) ``out`` equals dense causal attention.
 """
@@ -73,6 +73,9 @@ class _Call:
             raise ValueError(f"q dtype {q.dtype} != kv_cache dtype {kv_cache.dtype} (fp8 caches are not supported)")
         if plan.num_tokens != self.num_tokens:
             raise ValueError(f"plan covers {plan.num_tokens} tokens, q has {self.num_tokens}")
+        if (plan.num_heads, plan.num_kv_heads) != (self.num_heads, self.num_kv_heads):
+            raise ValueError(f"plan was made for {plan.num_heads}/{plan.num_kv_heads} heads, "
+                             f"q/kv_cache have {self.num_heads}/{self.num_kv_heads}")
         self.q, self.kv, self.bt, self.plan, self.cfg = q, kv_cache, block_table, plan, plan.cfg
         self.rep = self.num_heads // self.num_kv_heads
         self.block_d = triton.next_power_of_2(self.head_dim)
@@ -105,12 +108,13 @@ def run_anchor_step(call: _Call, ws: AnchorWorkspace) -> None:
     q, cfg, plan = call.q, call.cfg, call.plan
     if plan.num_tiles == 0:
         return
-    anchor_kernel[(plan.num_tiles, call.num_heads)](
+    anchor_kernel[(plan.num_tiles, call.num_sel)](
         q, q.stride(0), q.stride(1), *call.kv_args(), plan.tiles,
         ws.m, ws.l, ws.acc, ws.qsum, ws.msum,
         call.qk_scale, cfg.sink_tokens, cfg.local_tokens, cfg.group_size,
-        NUM_HEADS=call.num_heads, KV_REP=call.rep, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d,
-        BLOCK_M=plan.tile_m, BLOCK_N=call.opts["block_n"], **call.opts["anchor"])
+        NUM_HEADS=call.num_heads, KV_REP=call.rep, HEADS=call.sel_heads, PACK=plan.pack,
+        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, TILE_M=plan.tile_m, BLOCK_N=call.opts["block_n"],
+        **call.opts["anchor"])
 
 
 def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,12 +152,12 @@ def run_sparse_step(call: _Call, ws: AnchorWorkspace, out: torch.Tensor) -> None
     q, plan = call.q, call.plan
     if plan.num_tiles == 0:
         return
-    sparse_kernel[(plan.num_tiles, call.num_heads)](
+    sparse_kernel[(plan.num_tiles, call.num_sel)](
         q, q.stride(0), q.stride(1), *call.kv_args(), plan.tiles, plan.items,
         ws.lists, ws.lists.stride(0), ws.counts, call.num_sel,
         ws.m, ws.l, ws.acc, out, out.stride(0), out.stride(1), call.qk_scale,
-        NUM_HEADS=call.num_heads, KV_REP=call.rep, SEL_DIV=call.sel_heads,
-        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, BLOCK_M=plan.tile_m,
+        NUM_HEADS=call.num_heads, KV_REP=call.rep, HEADS=call.sel_heads, PACK=plan.pack,
+        SEL_DIV=call.sel_heads, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, TILE_M=plan.tile_m,
         BLOCK_N=call.opts["block_n"], **call.opts["sparse"])
 
 

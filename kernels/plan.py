@@ -26,15 +26,32 @@ ITEM_SEQ, ITEM_CAND_END, ITEM_LIST_OFF, ITEM_POOL0, ITEM_NPOOL, ITEM_SEG0, ITEM_
 SEG_ITEM, SEG_LO, SEG_HI, SEG_OFF = range(4)
 
 
-def default_tile_m(head_dim: int) -> int:
-    """Query rows per program: 128 fits the registers for head_dim <= 128, 64 above."""
+def heads_per_program(cfg: AnchorConfig, num_heads: int, num_kv_heads: int) -> int:
+    """Query heads packed into one program's rows (padded to a power of two).
+
+    With shared GQA lists every query head of a KV head reads the same gathered K/V rows, so
+    one program takes them all: each row it gathers feeds ``H/Hkv`` heads from registers.
+    """
+    if num_heads % num_kv_heads:
+        raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
+    rep = num_heads // num_kv_heads
+    return 1 << (rep - 1).bit_length() if cfg.share_gqa else 1
+
+
+def default_rows(head_dim: int, device) -> int:
+    """Rows per program: 128 fits the registers for head_dim <= 128, 64 above; 16 on the CPU."""
+    if torch.device(device).type != "cuda":
+        return 16
     return 128 if head_dim <= 128 else 64
 
 
 @dataclass
 class AnchorPlan:
     cfg: AnchorConfig
-    tile_m: int
+    tile_m: int  # query tokens per tile; a program holds tile_m * pack rows
+    pack: int  # query heads per program (see heads_per_program)
+    num_heads: int
+    num_kv_heads: int
     segment_tokens: int
     num_tokens: int
     tiles: torch.Tensor  # [n_tiles, 6] int32
@@ -62,8 +79,9 @@ class AnchorPlan:
 
 
 def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: torch.Tensor | list[int],
-                        cfg: AnchorConfig, head_dim: int, device: torch.device | str,
-                        tile_m: int | None = None, segment_tokens: int = 4096) -> AnchorPlan:
+                        cfg: AnchorConfig, num_heads: int, num_kv_heads: int, head_dim: int,
+                        device: torch.device | str, tile_m: int | None = None,
+                        segment_tokens: int = 4096) -> AnchorPlan:
     """Build the work lists of a batch of prefill chunks.
 
     Parameters
@@ -79,9 +97,11 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
     sls = [int(x) for x in seq_lens]
     if len(qsl) != len(sls) + 1:
         raise ValueError(f"query_start_loc has {len(qsl)} entries, expected len(seq_lens)+1 = {len(sls) + 1}")
-    tile_m = tile_m or min(default_tile_m(head_dim), cfg.pool_block)
-    if cfg.pool_block % tile_m:
-        raise ValueError(f"tile_m={tile_m} must divide pool_block={cfg.pool_block}")
+    pack = heads_per_program(cfg, num_heads, num_kv_heads)
+    tile_m = tile_m or max(1, min(default_rows(head_dim, device) // pack, cfg.pool_block))
+    if tile_m & (tile_m - 1) or cfg.pool_block % tile_m or tile_m * pack < 16:
+        raise ValueError(f"tile_m={tile_m} must be a power of two dividing pool_block={cfg.pool_block} "
+                         f"with tile_m * {pack} packed heads >= 16")
     if segment_tokens <= 0 or segment_tokens % 16:
         raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
     G, b = cfg.group_size, cfg.pool_block
@@ -121,7 +141,8 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
     items_cpu = table(items, 7)
     to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return AnchorPlan(
-        cfg=cfg, tile_m=tile_m, segment_tokens=segment_tokens, num_tokens=qsl[-1],
+        cfg=cfg, tile_m=tile_m, pack=pack, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        segment_tokens=segment_tokens, num_tokens=qsl[-1],
         tiles=to(table(tiles, 6)), items=to(items_cpu), segments=to(table(segs, 4)),
         pool_rows=to(torch.tensor(pool_rows, dtype=torch.float32)),
         tile_pool=to(torch.tensor(tile_pool, dtype=torch.int64)),

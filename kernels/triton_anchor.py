@@ -1,6 +1,7 @@
 """Step 1: exact attention over the anchor region (sink tokens + local window).
 
-One program per (query tile, query head). The tile's queries attend, causally, to the keys
+One program per (query tile, query heads of one KV head when GQA lists are shared, else one
+query head): rows are tokens x packed heads, so each K/V row loaded serves them all. Queries attend, causally, to the keys
 ``[0, sink)`` and ``[max(sink, g*G - local), i]``; the kernel writes the fp32 online-softmax
 state (row max ``m`` in log2 units = the anchor, row sum ``l``, unnormalized ``acc``) that the
 sparse step continues, plus per-tile sums of the queries and anchors for the stripe pooling.
@@ -9,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import (TILE_NROWS, TILE_POS0, TILE_ROW0, TILE_SEQ, load_kv_rows,
-                            online_softmax_update, paged_row_offsets)
+                            online_softmax_update, packed_rows, paged_row_offsets)
 
 
 @triton.jit
@@ -40,29 +41,27 @@ def anchor_kernel(
     M_OUT, L_OUT, ACC_OUT,            # [T, H], [T, H], [T, H, BLOCK_D] fp32, contiguous
     QSUM, MSUM,                        # [n_tiles, H, BLOCK_D], [n_tiles, H] fp32
     qk_scale, sink, local, group,
-    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr, PACK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     tile = tl.program_id(0)
-    h = tl.program_id(1)
+    hbase = tl.program_id(1) * HEADS
     seq = tl.load(TILES + tile * 6 + TILE_SEQ)
     row0 = tl.load(TILES + tile * 6 + TILE_ROW0)
     pos0 = tl.load(TILES + tile * 6 + TILE_POS0)
     nrows = tl.load(TILES + tile * 6 + TILE_NROWS)
 
-    offs_m = tl.arange(0, BLOCK_M)
+    tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, TILE_M, PACK, HEADS)
     d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < nrows
-    pos_i = pos0 + offs_m
-    rows = (row0 + offs_m).to(tl.int64)
-    q = tl.load(Q + rows[:, None] * stride_q_tok + h * stride_q_head + d[None, :],
+    pos_i = pos0 + tok
+    q = tl.load(Q + rows[:, None] * stride_q_tok + head[:, None] * stride_q_head + d[None, :],
                 mask=row_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    m_i = tl.full([TILE_M * PACK], float("-inf"), tl.float32)
+    l_i = tl.zeros([TILE_M * PACK], tl.float32)
+    acc = tl.zeros([TILE_M * PACK, BLOCK_D], tl.float32)
     bt_row = BT + seq.to(tl.int64) * stride_bt
-    head_off = (h // KV_REP) * stride_kv_head
+    head_off = (hbase // KV_REP) * stride_kv_head
     hi = pos0 + nrows
     acc, m_i, l_i = _attend_span(acc, m_i, l_i, q, pos_i, 0, tl.minimum(sink, hi),
                                  KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
@@ -72,11 +71,14 @@ def anchor_kernel(
                                  KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
                                  qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N)
 
-    ml = rows * NUM_HEADS + h
+    ml = rows * NUM_HEADS + head
     tl.store(M_OUT + ml, m_i, mask=row_ok)
     tl.store(L_OUT + ml, l_i, mask=row_ok)
     tl.store(ACC_OUT + ml[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
-    # Pooling partial sums (rows past nrows were loaded as zeros but their m is not).
-    th = tile.to(tl.int64) * NUM_HEADS + h
-    tl.store(QSUM + th * BLOCK_D + d, tl.sum(q.to(tl.float32), 0))
-    tl.store(MSUM + th, tl.sum(tl.where(row_ok, m_i, 0.0), 0))
+    # Per-head sums over the tile's tokens, for the stripe pooling (invalid rows add zero).
+    qs = tl.sum(tl.reshape(q.to(tl.float32), (TILE_M, PACK, BLOCK_D)), 0)
+    ms = tl.sum(tl.reshape(tl.where(row_ok, m_i, 0.0), (TILE_M, PACK)), 0)
+    p = tl.arange(0, PACK)
+    th = tile.to(tl.int64) * NUM_HEADS + hbase + p
+    tl.store(QSUM + th[:, None] * BLOCK_D + d[None, :], qs, mask=(p < HEADS)[:, None])
+    tl.store(MSUM + th, ms, mask=p < HEADS)

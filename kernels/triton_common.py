@@ -54,3 +54,17 @@ def online_softmax_update(acc, m_i, l_i, qk, v):
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, m_new, l_i
+
+
+@triton.jit
+def packed_rows(row0, nrows, hbase, TILE_M: tl.constexpr, PACK: tl.constexpr, HEADS: tl.constexpr):
+    """Rows of one program: ``TILE_M`` tokens x ``PACK`` query heads (``HEADS`` of them real).
+
+    Row ``r`` is token ``r // PACK`` and query head ``hbase + r % PACK``; packing the query heads
+    of one KV head lets every K/V row the program loads serve all of them.
+    """
+    r = tl.arange(0, TILE_M * PACK)
+    tok = r // PACK
+    head = hbase + r % PACK
+    ok = (tok < nrows) & (r % PACK < HEADS)
+    return tok, head, ok, (row0 + tok).to(tl.int64)

@@ -1,6 +1,7 @@
 """Step 3: continue the anchor softmax over the gathered stripe columns, normalize once.
 
-One program per (query tile, query head). The tile's group owns a compacted list of absolute
+One program per (query tile, query heads sharing one list: all of a KV head's with shared GQA
+lists, else one). The tile's group owns a compacted list of absolute
 key positions (per KV head when GQA lists are shared); each chunk of ``BLOCK_N`` positions is
 mapped through the block table and gathered straight from the paged cache. Every listed key
 lies before the group's local window, so no causal mask is needed.
@@ -9,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import (ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, TILE_SEQ, load_kv_rows,
-                            online_softmax_update, paged_row_offsets)
+                            online_softmax_update, packed_rows, paged_row_offsets)
 
 
 @triton.jit
@@ -22,33 +23,32 @@ def sparse_kernel(
     M_IN, L_IN, ACC_IN,                         # anchor state from step 1
     OUT, stride_o_tok, stride_o_head,
     qk_scale,
-    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, SEL_DIV: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr, PACK: tl.constexpr,
+    SEL_DIV: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     tile = tl.program_id(0)
-    h = tl.program_id(1)
+    hbase = tl.program_id(1) * HEADS
     seq = tl.load(TILES + tile * 6 + TILE_SEQ)
     row0 = tl.load(TILES + tile * 6 + TILE_ROW0)
     nrows = tl.load(TILES + tile * 6 + TILE_NROWS)
     item = tl.load(TILES + tile * 6 + TILE_ITEM)
-    hs = h // SEL_DIV
+    hs = hbase // SEL_DIV
     list_ptr = LISTS + hs.to(tl.int64) * stride_list_head + tl.load(ITEMS + item * 7 + ITEM_LIST_OFF)
     count = tl.load(COUNTS + item * NUM_SEL + hs)
 
-    offs_m = tl.arange(0, BLOCK_M)
+    tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, TILE_M, PACK, HEADS)
     offs_n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < nrows
-    rows = (row0 + offs_m).to(tl.int64)
-    ml = rows * NUM_HEADS + h
+    ml = rows * NUM_HEADS + head
     m_i = tl.load(M_IN + ml, mask=row_ok, other=0.0)
     l_i = tl.load(L_IN + ml, mask=row_ok, other=1.0)
     acc = tl.load(ACC_IN + ml[:, None] * BLOCK_D + d[None, :], mask=row_ok[:, None], other=0.0)
-    q = tl.load(Q + rows[:, None] * stride_q_tok + h * stride_q_head + d[None, :],
+    q = tl.load(Q + rows[:, None] * stride_q_tok + head[:, None] * stride_q_head + d[None, :],
                 mask=row_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
 
     bt_row = BT + seq.to(tl.int64) * stride_bt
-    head_off = (h // KV_REP) * stride_kv_head
+    head_off = (hbase // KV_REP) * stride_kv_head
     for n0 in range(0, count, BLOCK_N):
         valid = n0 + offs_n < count
         j = tl.load(list_ptr + n0 + offs_n, mask=valid, other=0)
@@ -59,5 +59,5 @@ def sparse_kernel(
         acc, m_i, l_i = online_softmax_update(acc, m_i, l_i, qk, v)
 
     out = acc / l_i[:, None]
-    tl.store(OUT + rows[:, None] * stride_o_tok + h * stride_o_head + d[None, :],
+    tl.store(OUT + rows[:, None] * stride_o_tok + head[:, None] * stride_o_head + d[None, :],
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & (d[None, :] < HEAD_DIM))

@@ -18,6 +18,11 @@ class PagedCase:
     scale: float
 
     @property
+    def dims(self) -> tuple[int, int, int]:
+        """(query heads, KV heads, head_dim)."""
+        return self.q.shape[1], self.kv_cache.shape[1], self.q.shape[2]
+
+    @property
     def num_seqs(self) -> int:
         return len(self.seq_lens)
 

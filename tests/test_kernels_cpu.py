@@ -22,7 +22,7 @@ def small_cfg(**kw) -> AnchorConfig:
 
 def run(case, cfg, workspace=None):
     """Plan + anchor_prefill into a NaN-poisoned output; asserts every element was written."""
-    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, case.q.shape[-1], "cpu")
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu")
     out = torch.full_like(case.q, float("nan"))
     anchor_prefill(case.q, case.kv_cache, case.block_table, plan, case.scale, out=out, workspace=workspace)
     assert torch.isfinite(out).all(), "output rows left unwritten (NaN poison survived)"
@@ -73,7 +73,7 @@ def test_head_dim_not_power_of_two():
 
 
 def _steps(case, cfg):
-    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, case.q.shape[-1], "cpu")
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu")
     call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
     ws = new_workspace(call)
     run_anchor_step(call, ws)

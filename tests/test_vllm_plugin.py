@@ -149,7 +149,7 @@ def test_slice_requests_keeps_head_consistent():
 
 def test_stripe_density_and_guard_decision():
     cfg = AnchorConfig(sink_tokens=8, local_tokens=8, group_size=64, pool_block=16)
-    plan = plan_anchor_prefill([0, 100], [200], cfg, 16, "cpu")
+    plan = plan_anchor_prefill([0, 100], [200], cfg, 4, 2, 16, "cpu")
     cand = plan.items_cpu[:, 1] - cfg.sink_tokens
     full = cand[:, None].repeat(1, 2).to(torch.int32)
     assert stripe_density(plan, full) == pytest.approx(1.0)

@@ -71,6 +71,8 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
         self._init_reorder_batch_threshold(1)
         self.settings = _settings(vllm_config)
         self.head_size = kv_cache_spec.head_size
+        self.num_heads_kv = kv_cache_spec.num_kv_heads
+        self.num_heads_q = vllm_config.model_config.get_num_attention_heads(vllm_config.parallel_config)
 
     @classmethod
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
@@ -99,8 +101,8 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
         if k == cm.num_reqs:
             return AnchorMetadata(fa, None, None)
         start, end = int(qsl[k]), int(qsl[cm.num_reqs])
-        plan = plan_anchor_prefill(qsl[k:] - start, seq_lens[k:], self.settings.kernel, self.head_size,
-                                   self.device)
+        plan = plan_anchor_prefill(qsl[k:] - start, seq_lens[k:], self.settings.kernel, self.num_heads_q,
+                                   self.num_heads_kv, self.head_size, self.device)
         fa_head = super().build(0, slice_requests(cm, 0, k), fast_build) if k > 0 else None
         anchor = AnchorPrefillMetadata(plan=plan, block_table=cm.block_table_tensor[k:cm.num_reqs],
                                        token_start=start, token_end=end)

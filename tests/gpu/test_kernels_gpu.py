@@ -17,7 +17,7 @@ CHUNKS = [(0, 1500), (700, 901), (2048, 513), (4000, 1)]
 
 
 def _run(case, cfg):
-    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, case.q.shape[-1], "cuda")
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cuda")
     out = torch.full_like(case.q, float("nan"))
     anchor_prefill(case.q, case.kv_cache, case.block_table, plan, case.scale, out=out)
     torch.cuda.synchronize()
@@ -61,7 +61,7 @@ def test_theta_neg_inf_equals_anchor_region(dtype, head_dim):
 def test_sparse_step_on_random_selection(dtype, head_dim):
     cfg = AnchorConfig(theta=0.0, share_gqa=True, **CFG)
     case = make_case([(0, 1200), (600, 700)], 8, 2, head_dim, dtype=dtype, device="cuda", seed=7)
-    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, head_dim, "cuda")
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cuda")
     call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
     ws = new_workspace(call)
     run_anchor_step(call, ws)
