@@ -43,8 +43,8 @@ def main():
     out = torch.empty_like(q)
     rows = []
     base = dict(call.opts)
-    for kind, bn, warps, stages in itertools.product(("anchor", "sparse"), (32, 64, 128), (4, 8), (2, 3, 4)):
-        call.opts = {**base, kind: {"num_warps": warps, "num_stages": stages}, "block_n": bn}
+    for kind, bn, warps, stages in itertools.product(("anchor", "sparse"), (32, 64, 128), (4, 8), (2, 3, 4, 5)):
+        call.opts = {**base, kind: {"BLOCK_N": bn, "num_warps": warps, "num_stages": stages}}
         fn = (lambda: run_anchor_step(call, ws)) if kind == "anchor" else (lambda: run_sparse_step(call, ws, out))
         try:
             ms = time_ms(fn, budget_s=0.5)

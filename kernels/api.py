@@ -23,17 +23,20 @@ from .triton_stripes import stripe_pack_kernel, stripe_scan_kernel
 
 
 def _launch_opts(head_dim: int, device: torch.device) -> dict:
-    """num_warps / num_stages per kernel family (ignored by the CPU interpreter)."""
+    """Block sizes and num_warps / num_stages per kernel (bench/tune.py, H100, head_dim 128).
+
+    The sparse step is latency-bound on its gathers: a deep pipeline (4 stages) of small key
+    blocks wins. The CPU interpreter ignores warps and stages.
+    """
     if device.type != "cuda":
-        return {"anchor": {}, "sparse": {}, "scan": {}, "block_n": 16, "scan_n": 32}
-    big = head_dim > 128
-    return {
-        "anchor": {"num_warps": 8 if not big else 8, "num_stages": 2 if big else 3},
-        "sparse": {"num_warps": 8 if not big else 8, "num_stages": 2 if big else 3},
-        "scan": {"num_warps": 4, "num_stages": 3},
-        "block_n": 32 if big else 64,
-        "scan_n": 64 if big else 128,
-    }
+        return {"anchor": {"BLOCK_N": 16}, "sparse": {"BLOCK_N": 16}, "scan": {"BLOCK_N": 32}}
+    if head_dim > 128:
+        return {"anchor": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2},
+                "sparse": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2},
+                "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
+    return {"anchor": {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
+            "sparse": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 4},
+            "scan": {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
 
 
 @dataclass
@@ -47,6 +50,7 @@ class AnchorWorkspace:
     msum: torch.Tensor  # [n_tiles, H] fp32
     scratch: torch.Tensor  # [NUM_SEL, capacity] int32
     lists: torch.Tensor  # [NUM_SEL, capacity] int32, compacted stripe positions per item
+    slots: torch.Tensor  # [NUM_SEL, capacity] int32, the same keys as cache slots
     seg_counts: torch.Tensor  # [n_segs, NUM_SEL] int32
     counts: torch.Tensor  # [n_items, NUM_SEL] int32
 
@@ -99,6 +103,7 @@ def new_workspace(call: _Call) -> AnchorWorkspace:
         acc=torch.empty(call.num_tokens, H, BD, **f32),
         qsum=torch.empty(plan.num_tiles, H, BD, **f32), msum=torch.empty(plan.num_tiles, H, **f32),
         scratch=torch.empty(call.num_sel, cap, **i32), lists=torch.empty(call.num_sel, cap, **i32),
+        slots=torch.empty(call.num_sel, cap, **i32),
         seg_counts=torch.empty(plan.num_segments, call.num_sel, **i32),
         counts=torch.empty(plan.num_items, call.num_sel, **i32),
     )
@@ -113,8 +118,7 @@ def run_anchor_step(call: _Call, ws: AnchorWorkspace) -> None:
         ws.m, ws.l, ws.acc, ws.qsum, ws.msum,
         call.qk_scale, cfg.sink_tokens, cfg.local_tokens, cfg.group_size,
         NUM_HEADS=call.num_heads, KV_REP=call.rep, HEADS=call.sel_heads, PACK=plan.pack,
-        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, TILE_M=plan.tile_m, BLOCK_N=call.opts["block_n"],
-        **call.opts["anchor"])
+        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, TILE_M=plan.tile_m, **call.opts["anchor"])
 
 
 def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,10 +146,23 @@ def run_stripe_step(call: _Call, ws: AnchorWorkspace) -> None:
             call.qk_scale, theta,
             NUM_HEADS=call.num_heads, KV_REP=call.rep, SEL_HEADS=call.sel_heads,
             SEL_HEADS_PAD=sel_pad, ROWS=rows, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d,
-            BLOCK_N=call.opts["scan_n"], **call.opts["scan"])
+            **call.opts["scan"])
     stripe_pack_kernel[(plan.num_items, call.num_sel)](
-        plan.items, plan.segments, ws.scratch, ws.lists, ws.lists.stride(0), ws.seg_counts,
-        ws.counts, call.num_sel, BLOCK=1024 if call.q.is_cuda else 64)
+        plan.items, plan.segments, ws.scratch, ws.lists, ws.slots, ws.lists.stride(0), ws.seg_counts,
+        ws.counts, call.num_sel, call.bt, call.bt.stride(0), call.page, BLOCK=1024 if call.q.is_cuda else 64)
+
+
+def set_stripe_lists(call: _Call, ws: AnchorWorkspace, lists: dict[tuple[int, int], torch.Tensor]) -> None:
+    """Install caller-chosen stripe lists ``{(item, selector head): positions}`` (ascending,
+    inside the item's candidate range) in place of step 2's, e.g. to test step 3 alone."""
+    items = call.plan.items_cpu
+    for (item, hs), pos in lists.items():
+        seq, _cand_end, off = items[item, :3].tolist()
+        pos = pos.to(device=ws.lists.device, dtype=torch.long)
+        pages = call.bt[seq].long()[pos // call.page]
+        ws.lists[hs, off:off + pos.numel()] = pos.to(torch.int32)
+        ws.slots[hs, off:off + pos.numel()] = (pages * call.page + pos % call.page).to(torch.int32)
+        ws.counts[item, hs] = pos.numel()
 
 
 def run_sparse_step(call: _Call, ws: AnchorWorkspace, out: torch.Tensor) -> None:
@@ -154,11 +171,11 @@ def run_sparse_step(call: _Call, ws: AnchorWorkspace, out: torch.Tensor) -> None
         return
     sparse_kernel[(plan.num_tiles, call.num_sel)](
         q, q.stride(0), q.stride(1), *call.kv_args(), plan.tiles, plan.items,
-        ws.lists, ws.lists.stride(0), ws.counts, call.num_sel,
+        ws.slots, ws.slots.stride(0), ws.counts, call.num_sel,
         ws.m, ws.l, ws.acc, out, out.stride(0), out.stride(1), call.qk_scale,
         NUM_HEADS=call.num_heads, KV_REP=call.rep, HEADS=call.sel_heads, PACK=plan.pack,
         SEL_DIV=call.sel_heads, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, TILE_M=plan.tile_m,
-        BLOCK_N=call.opts["block_n"], **call.opts["sparse"])
+        **call.opts["sparse"])
 
 
 def anchor_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,

@@ -2,15 +2,15 @@
 
 One program per (query tile, query heads sharing one list: all of a KV head's with shared GQA
 lists, else one). The tile's group owns a compacted list of absolute
-key positions (per KV head when GQA lists are shared); each chunk of ``BLOCK_N`` positions is
-mapped through the block table and gathered straight from the paged cache. Every listed key
+key positions (per KV head when GQA lists are shared), which the pack step also stored as cache
+slots; each chunk of ``BLOCK_N`` slots is gathered straight from the paged cache. Every listed key
 lies before the group's local window, so no causal mask is needed.
 """
 import triton
 import triton.language as tl
 
-from .triton_common import (ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, TILE_SEQ, load_kv_rows,
-                            online_softmax_update, packed_rows, paged_row_offsets)
+from .triton_common import (ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, load_kv_rows,
+                            online_softmax_update, packed_rows)
 
 
 @triton.jit
@@ -19,7 +19,7 @@ def sparse_kernel(
     KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
     BT, stride_bt,
     TILES, ITEMS,
-    LISTS, stride_list_head, COUNTS, NUM_SEL,   # int32 [NUM_SEL, cap], [n_items, NUM_SEL]
+    SLOTS, stride_list_head, COUNTS, NUM_SEL,   # int32 [NUM_SEL, cap] cache slots, [n_items, NUM_SEL]
     M_IN, L_IN, ACC_IN,                         # anchor state from step 1
     OUT, stride_o_tok, stride_o_head,
     qk_scale,
@@ -29,12 +29,11 @@ def sparse_kernel(
 ):
     tile = tl.program_id(0)
     hbase = tl.program_id(1) * HEADS
-    seq = tl.load(TILES + tile * 6 + TILE_SEQ)
     row0 = tl.load(TILES + tile * 6 + TILE_ROW0)
     nrows = tl.load(TILES + tile * 6 + TILE_NROWS)
     item = tl.load(TILES + tile * 6 + TILE_ITEM)
     hs = hbase // SEL_DIV
-    list_ptr = LISTS + hs.to(tl.int64) * stride_list_head + tl.load(ITEMS + item * 7 + ITEM_LIST_OFF)
+    slot_ptr = SLOTS + hs.to(tl.int64) * stride_list_head + tl.load(ITEMS + item * 7 + ITEM_LIST_OFF)
     count = tl.load(COUNTS + item * NUM_SEL + hs)
 
     tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, TILE_M, PACK, HEADS)
@@ -47,12 +46,12 @@ def sparse_kernel(
     q = tl.load(Q + rows[:, None] * stride_q_tok + head[:, None] * stride_q_head + d[None, :],
                 mask=row_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
 
-    bt_row = BT + seq.to(tl.int64) * stride_bt
     head_off = (hbase // KV_REP) * stride_kv_head
     for n0 in range(0, count, BLOCK_N):
         valid = n0 + offs_n < count
-        j = tl.load(list_ptr + n0 + offs_n, mask=valid, other=0)
-        offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
+        slot = tl.load(slot_ptr + n0 + offs_n, mask=valid, other=0)
+        offs = ((slot // PAGE).to(tl.int64) * stride_kv_block + (slot % PAGE).to(tl.int64) * stride_kv_tok
+                + head_off)
         k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM)
         qk = tl.dot(q, tl.trans(k)) * qk_scale
         qk = tl.where(valid[None, :], qk, float("-inf"))

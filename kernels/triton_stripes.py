@@ -72,15 +72,19 @@ def stripe_scan_kernel(
 
 
 @triton.jit
-def stripe_pack_kernel(ITEMS, SEGS, SCRATCH, LISTS, stride_list_head, SEG_COUNTS, COUNTS, NUM_SEL,
-                       BLOCK: tl.constexpr):
+def stripe_pack_kernel(ITEMS, SEGS, SCRATCH, LISTS, SLOTS, stride_list_head, SEG_COUNTS, COUNTS, NUM_SEL,
+                       BT, stride_bt, PAGE, BLOCK: tl.constexpr):
+    """Concatenate the segments' runs; also write each position's cache slot
+    (``page * PAGE + pos % PAGE``) so the sparse step gathers without a page-table lookup."""
     item = tl.program_id(0)
     hs = tl.program_id(1)
+    bt_row = BT + tl.load(ITEMS + item * 7 + ITEM_SEQ).to(tl.int64) * stride_bt
     list_off = tl.load(ITEMS + item * 7 + ITEM_LIST_OFF)
     seg0 = tl.load(ITEMS + item * 7 + ITEM_SEG0)
     nseg = tl.load(ITEMS + item * 7 + ITEM_NSEG)
     src_base = SCRATCH + hs.to(tl.int64) * stride_list_head
     dst = LISTS + hs.to(tl.int64) * stride_list_head + list_off
+    dst_slot = SLOTS + hs.to(tl.int64) * stride_list_head + list_off
     offs = tl.arange(0, BLOCK)
     total = 0
     for s in range(0, nseg):
@@ -88,6 +92,9 @@ def stripe_pack_kernel(ITEMS, SEGS, SCRATCH, LISTS, stride_list_head, SEG_COUNTS
         src = src_base + tl.load(SEGS + (seg0 + s) * 4 + SEG_OFF)
         for k0 in range(0, c, BLOCK):
             ok = k0 + offs < c
-            tl.store(dst + total + k0 + offs, tl.load(src + k0 + offs, mask=ok), mask=ok)
+            pos = tl.load(src + k0 + offs, mask=ok, other=0)
+            page = tl.load(bt_row + pos // PAGE, mask=ok, other=0)
+            tl.store(dst + total + k0 + offs, pos, mask=ok)
+            tl.store(dst_slot + total + k0 + offs, page * PAGE + pos % PAGE, mask=ok)
         total += c
     tl.store(COUNTS + item * NUM_SEL + hs, total)

@@ -9,7 +9,7 @@ import torch
 from paged_case import make_case
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
-from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step
+from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step, set_stripe_lists
 
 INF = float("inf")
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
@@ -117,6 +117,10 @@ def test_stripe_lists_match_reference(share):
                 got = ws.lists[h, off:off + int(ws.counts[item, h])].tolist()
                 want = mask[h].nonzero().flatten().tolist()
                 assert got == want, f"seq {s} group {g} selector head {h}"
+                pos = torch.tensor(got, dtype=torch.long)
+                page = case.kv_cache.shape[2]
+                slots = case.block_table[s].long()[pos // page] * page + pos % page
+                assert ws.slots[h, off:off + len(got)].tolist() == slots.tolist()
                 total_sel += len(got)
                 total_cand += cand_end - cfg.sink_tokens
             item += 1
@@ -135,10 +139,8 @@ def test_sparse_step_on_random_selection(share):
     for i, (seq, cand_end, off, *_r) in enumerate(plan.items_cpu.tolist()):
         for h in range(ws.num_sel):
             pick = (torch.rand(cand_end - cfg.sink_tokens, generator=gen) < 0.4).nonzero().flatten()
-            pos = pick + cfg.sink_tokens
-            ws.lists[h, off:off + pos.numel()] = pos.to(torch.int32)
-            ws.counts[i, h] = pos.numel()
-            masks[(i, h)] = pos
+            masks[(i, h)] = pick + cfg.sink_tokens
+    set_stripe_lists(call, ws, masks)
     out = torch.full_like(case.q, float("nan"))
     run_sparse_step(call, ws, out)
     assert torch.isfinite(out).all()

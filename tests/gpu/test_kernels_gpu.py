@@ -7,7 +7,7 @@ import torch
 from paged_case import make_case
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
-from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step
+from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, set_stripe_lists
 
 pytestmark = pytest.mark.gpu
 INF = float("inf")
@@ -67,13 +67,11 @@ def test_sparse_step_on_random_selection(dtype, head_dim):
     run_anchor_step(call, ws)
     gen = torch.Generator().manual_seed(3)
     picks = {}
-    ws.counts.zero_()
     for i, (_seq, cand_end, off, *_r) in enumerate(plan.items_cpu.tolist()):
         for h in range(ws.num_sel):
-            pos = (torch.rand(cand_end - cfg.sink_tokens, generator=gen) < 0.3).nonzero().flatten() + cfg.sink_tokens
-            ws.lists[h, off:off + pos.numel()] = pos.to(torch.int32).cuda()
-            ws.counts[i, h] = pos.numel()
-            picks[(i, h)] = pos
+            picks[(i, h)] = (torch.rand(cand_end - cfg.sink_tokens, generator=gen) < 0.3).nonzero().flatten() \
+                + cfg.sink_tokens
+    set_stripe_lists(call, ws, picks)
     out = torch.full_like(case.q, float("nan"))
     run_sparse_step(call, ws, out)
     item = 0
