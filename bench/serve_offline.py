@@ -1,0 +1,148 @@
+"""End-to-end checks and TTFT of one vLLM configuration, in-process (``vllm.LLM``), on SmolLM2.
+
+Run once per backend and compare the JSON files (bench/compare_serving.py):
+
+  python bench/serve_offline.py --backend FLASH_ATTN --tasks exact needle mixed prefix ttft itl --out fa.json
+  python bench/serve_offline.py --backend anchor --anchor '{"theta": "inf", "min_seq_len": 4096,
+      "density_guard": 1.0}' --tasks exact prefix --out anchor_inf.json
+
+Prompts are real text (Python's pydoc topics) tokenized with the model's tokenizer and sent as
+token IDs, so their lengths are exact. TTFT here is the wall time of ``generate`` with one output
+token for a fresh prompt (no HTTP), median of several, after a warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+
+YARN = {"rope_type": "yarn", "rope_theta": 100000.0, "original_max_position_embeddings": 8192}
+
+
+def haystack_ids(tok, n: int, seed: int) -> list[int]:
+    import pydoc_data.topics
+    keys = sorted(pydoc_data.topics.topics)
+    random.Random(seed).shuffle(keys)
+    ids: list[int] = []
+    for k in keys * 4:
+        ids += tok.encode(pydoc_data.topics.topics[k] + "\n\n", add_special_tokens=False)
+        if len(ids) >= n:
+            break
+    return ids[:n]
+
+
+def needle_prompt(tok, n: int, depth: float, seed: int) -> tuple[list[int], str]:
+    number = str(random.Random(seed).randint(10000, 99999))
+    needle = tok.encode(f"\n\nThe special magic number is {number}. Remember it.\n\n", add_special_tokens=False)
+    question = tok.encode("\n\nQuestion: What is the special magic number mentioned in the text above?\n"
+                          "Answer: The special magic number is", add_special_tokens=False)
+    body = haystack_ids(tok, n - len(needle) - len(question), seed)
+    at = int(len(body) * depth)
+    return body[:at] + needle + body[at:] + question, number
+
+
+def _worker_stats(worker=None):
+    from vllm_anchor.stats import STATS
+    return STATS.snapshot()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=os.environ.get("SMOLLM2"))
+    ap.add_argument("--backend", required=True)
+    ap.add_argument("--anchor", default="{}", help="JSON for --additional-config's anchor section")
+    ap.add_argument("--max-model-len", type=int, default=32768)
+    ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--no-prefix-caching", action="store_true")
+    ap.add_argument("--tasks", nargs="+", default=["exact"])
+    ap.add_argument("--ttft-lengths", type=int, nargs="+", default=[16384, 32000])
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    import torch
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    factor = a.max_model_len / 8192
+    anchor = json.loads(a.anchor)
+    t0 = time.perf_counter()
+    llm = LLM(model=a.model, attention_backend=a.backend, additional_config={"anchor": anchor},
+              hf_overrides={"rope_parameters": {**YARN, "factor": factor},
+                            "max_position_embeddings": a.max_model_len},
+              max_model_len=a.max_model_len, gpu_memory_utilization=0.6, enforce_eager=a.eager,
+              enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=16384, seed=0)
+    tok = llm.get_tokenizer()
+    res = {"backend": a.backend, "anchor": anchor, "max_model_len": a.max_model_len, "eager": a.eager,
+           "gpu": torch.cuda.get_device_name(), "startup_s": time.perf_counter() - t0, "command": " ".join(os.sys.argv)}
+    greedy = SamplingParams(temperature=0.0, max_tokens=24, logprobs=1)
+
+    def gen(prompts, params):
+        return llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+
+    if "exact" in a.tasks:  # 16k prompt, greedy tokens + top-1 logprobs
+        outs = gen([haystack_ids(tok, 16000, seed=1)], greedy)
+        o = outs[0].outputs[0]
+        res["exact"] = {"tokens": list(o.token_ids),
+                        "logprobs": [float(next(iter(lp.values())).logprob) for lp in o.logprobs],
+                        "text": o.text}
+    if "needle" in a.tasks:  # 16k and 32k haystacks, needle at 10/50/90%, 3 seeds each, one batch
+        cases = [(n, d, s) for n in (16000, 32000) for d in (0.1, 0.5, 0.9) for s in range(3)]
+        built = [needle_prompt(tok, n, d, seed=100 * s + int(d * 10) + n) for n, d, s in cases]
+        outs = gen([p for p, _ in built], SamplingParams(temperature=0.0, max_tokens=10))
+        res["needle"] = [{"tokens": n, "depth": d, "seed": s, "answer": num, "output": o.outputs[0].text,
+                          "found": num in o.outputs[0].text}
+                         for (n, d, s), (_, num), o in zip(cases, built, outs)]
+    if "mixed" in a.tasks:  # short chats and long prompts in one concurrent batch
+        short = [tok.encode(f"Question {i}: name a prime number larger than {i * 7}. Answer:") for i in range(12)]
+        long = [haystack_ids(tok, 30000, seed=7), haystack_ids(tok, 20000, seed=8)]
+        outs = gen(short + long, SamplingParams(temperature=0.0, max_tokens=32))
+        res["mixed"] = {"requests": len(outs), "finished": sum(o.finished for o in outs),
+                        "empty": sum(len(o.outputs[0].token_ids) == 0 for o in outs)}
+    if "prefix" in a.tasks:  # same 20k prompt twice: the second reuses the cached prefix
+        p = haystack_ids(tok, 20000, seed=9)
+        first = gen([p], greedy)[0]
+        second = gen([p + tok.encode(" And so", add_special_tokens=False)], greedy)[0]
+        again = gen([p], greedy)[0]
+        res["prefix"] = {"first": list(first.outputs[0].token_ids), "again": list(again.outputs[0].token_ids),
+                         "extended": list(second.outputs[0].token_ids),
+                         "cached_tokens_again": getattr(again, "num_cached_tokens", None)}
+    if "ttft" in a.tasks:
+        one = SamplingParams(temperature=0.0, max_tokens=1)
+        gen([haystack_ids(tok, 4096, seed=10)], one)  # warm-up
+        res["ttft"] = {}
+        for n in a.ttft_lengths:
+            times = []
+            for r in range(4):
+                p = [random.Random(r + n).randint(1000, 20000) for _ in range(8)] + haystack_ids(tok, n - 8, seed=r + n)
+                t = time.perf_counter()
+                gen([p], one)
+                times.append(time.perf_counter() - t)
+            res["ttft"][str(n)] = {"median_s": statistics.median(times[1:]), "all_s": times}
+            print("ttft", n, res["ttft"][str(n)], flush=True)
+    if "itl" in a.tasks:  # decode speed after a 16k prompt: (e2e - ttft) / (tokens - 1)
+        p = haystack_ids(tok, 16000, seed=11)
+        one, many = SamplingParams(temperature=0.0, max_tokens=1), SamplingParams(
+            temperature=0.0, max_tokens=257, ignore_eos=True)
+        runs = []
+        for r in range(3):
+            q = [r + 1] + p
+            t = time.perf_counter()
+            gen([q], one)
+            ttft = time.perf_counter() - t
+            q = [r + 100] + p
+            t = time.perf_counter()
+            gen([q], many)
+            runs.append((time.perf_counter() - t - ttft) / 256)
+        res["itl_s"] = {"median": statistics.median(runs), "all": runs}
+    if a.backend.lower() in ("anchor", "custom"):
+        res["anchor_stats"] = llm.collective_rpc(_worker_stats)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps({k: v for k, v in res.items() if k not in ("exact", "prefix", "needle")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
