@@ -84,29 +84,41 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> AnchorMetadata:
         cm = common_attn_metadata
-        fa = super().build(common_prefix_len, cm, fast_build)
-        if not self.settings.enabled:
-            return AnchorMetadata(fa, None, None)
-        if cm.seq_lens_cpu_upper_bound is None:
-            logger.warning("vllm-anchor: the model runner gave no host sequence lengths; "
-                           "this step runs stock FlashAttention")
-            return AnchorMetadata(fa, None, None)
-        num_decodes, num_prefills, _, _ = split_decodes_and_prefills(
-            cm, decode_threshold=self.reorder_batch_threshold)
-        if num_prefills == 0:
-            return AnchorMetadata(fa, None, None)
+        k = self._first_anchor_request(cm)
+        if k == cm.num_reqs:  # nothing long: exactly what FLASH_ATTN builds
+            return AnchorMetadata(super().build(common_prefix_len, cm, fast_build), None, None)
+        fa_head = None
+        if k > 0:
+            fa_head = super().build(0, slice_requests(cm, 0, k), fast_build)
+            # FA3 keeps its AOT schedule in one persistent buffer (for full CUDA graphs) that the
+            # next build overwrites; this eager-only metadata keeps its own copy.
+            if fa_head.scheduler_metadata is not None:
+                fa_head.scheduler_metadata = fa_head.scheduler_metadata.clone()
+        fa = super().build(0, cm, fast_build)  # whole batch: density-guard fallback, off layers
         qsl = cm.query_start_loc_cpu[: cm.num_reqs + 1]
-        seq_lens = cm.seq_lens_cpu_upper_bound[: cm.num_reqs]
-        k = first_anchor_request(qsl, seq_lens, num_decodes, self.settings.min_seq_len)
-        if k == cm.num_reqs:
-            return AnchorMetadata(fa, None, None)
         start, end = int(qsl[k]), int(qsl[cm.num_reqs])
-        plan = plan_anchor_prefill(qsl[k:] - start, seq_lens[k:], self.settings.kernel, self.num_heads_q,
-                                   self.num_heads_kv, self.head_size, self.device)
-        fa_head = super().build(0, slice_requests(cm, 0, k), fast_build) if k > 0 else None
+        plan = plan_anchor_prefill(qsl[k:] - start, cm.seq_lens_cpu_upper_bound[k:cm.num_reqs],
+                                   self.settings.kernel, self.num_heads_q, self.num_heads_kv,
+                                   self.head_size, self.device)
         anchor = AnchorPrefillMetadata(plan=plan, block_table=cm.block_table_tensor[k:cm.num_reqs],
                                        token_start=start, token_end=end)
         return AnchorMetadata(fa, fa_head, anchor)
+
+    def _first_anchor_request(self, cm: CommonAttentionMetadata) -> int:
+        """First request of the long-prefill tail that runs anchor (``num_reqs``: none)."""
+        if not self.settings.enabled:
+            return cm.num_reqs
+        if cm.seq_lens_cpu_upper_bound is None:
+            logger.warning("vllm-anchor: the model runner gave no host sequence lengths; "
+                           "this step runs stock FlashAttention")
+            return cm.num_reqs
+        num_decodes, num_prefills, _, _ = split_decodes_and_prefills(
+            cm, decode_threshold=self.reorder_batch_threshold)
+        if num_prefills == 0:
+            return cm.num_reqs
+        return first_anchor_request(cm.query_start_loc_cpu[: cm.num_reqs + 1],
+                                    cm.seq_lens_cpu_upper_bound[: cm.num_reqs], num_decodes,
+                                    self.settings.min_seq_len)
 
 
 class AnchorImpl(FlashAttentionImpl):
