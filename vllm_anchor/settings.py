@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from vllm_anchor.kernels import AnchorConfig
 
 ENV_PREFIX = "VLLM_ANCHOR_"
+# VLLM_ANCHOR_* variables that are not backend settings (read by the launcher).
+OTHER_ENV = {"VLLM_ANCHOR_CACHE"}
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def load_settings(additional_config: dict | None = None, environ: dict | None = 
     environ = os.environ if environ is None else environ
     values: dict = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in OTHER_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower()
         if key not in KNOWN_KEYS:
