@@ -111,7 +111,8 @@ async def stream_request(session: aiohttp.ClientSession, url: str, body: bytes,
                             delta = c.get("delta") or {}
                             piece = (delta.get("content") or delta.get("reasoning_content")
                                      or delta.get("reasoning") or "")
-                            role_only = "role" in delta and not piece and not delta.get("tool_calls")
+                            role_only = ("role" in delta and not piece
+                                         and not delta.get("tool_calls"))
                         else:
                             piece, role_only = c.get("text") or "", False
                         if not first_seen:

@@ -70,7 +70,8 @@ def _check_converter_deps() -> None:
                if importlib.util.find_spec(m) is None]
     if missing:
         raise DemoModelUnavailable(
-            f"converting the demo model needs {', '.join(missing)} (not installed).\n{INSTALL_HINT}")
+            f"converting the demo model needs {', '.join(missing)} (not installed).\n"
+            + INSTALL_HINT)
 
 
 def _fingerprint(gguf: Path) -> str:

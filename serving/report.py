@@ -52,7 +52,8 @@ def format_run(run: list[dict], title: str = "") -> str:
     for s in run:
         counts = {k: v for k, v in s.get("error_counts", {}).items() if v}
         if counts:
-            errs.append(f"  input {s['input_len']}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+            listed = ", ".join(f"{k}={v}" for k, v in counts.items())
+            errs.append(f"  input {s['input_len']}: {listed}")
             for kind, msg in s.get("error_examples", {}).items():
                 errs.append(f"    {kind}: {msg[:300]}")
         if s.get("prompt_len_mismatches"):
@@ -97,12 +98,27 @@ def format_comparison(runs: dict[str, list[dict]]) -> str:
     for r in rows:
         cells = [str(r["input_len"])]
         for lab in labels:
-            cells += [_fmt("{:.1f}", r[f"{lab}_mean_ttft_ms"]), _fmt("{:.1f}", r[f"{lab}_p99_ttft_ms"]),
+            cells += [_fmt("{:.1f}", r[f"{lab}_mean_ttft_ms"]),
+                      _fmt("{:.1f}", r[f"{lab}_p99_ttft_ms"]),
                       _fmt("{:.2f}", r[f"{lab}_mean_itl_ms"]), _fmt("{:d}", r[f"{lab}_failed"])]
         cells += [_fmt("{:.2f}x", r[f"ttft_speedup_{labels[0]}_vs_{lab}"]) for lab in labels[1:]]
         body.append(cells)
     return (f"TTFT/ITL in ms; speedup = other's mean TTFT / {labels[0]}'s\n"
             + _table(headers, body))
+
+
+def _len_label(n: int) -> str:
+    if n % 1024 == 0 and n >= 1024:
+        return f"{n // 1024}K"
+    return f"{n / 1000:g}k" if n % 1000 == 0 and n >= 1000 else str(n)
+
+
+def _length_axis(ax, lens: list[int]) -> None:
+    from matplotlib.ticker import NullLocator
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lens, [_len_label(n) for n in lens])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("prompt length (tokens; k = 1000, K = 1024)")
 
 
 def plot_ttft(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
@@ -125,8 +141,8 @@ def plot_ttft(runs: dict[str, list[dict]], path: str | Path, title: str = "") ->
         lo = [max(0.0, m - s.get("median_ttft_ms", m)) for m, (_, s) in zip(mean, pts)]
         hi = [max(0.0, s.get("p99_ttft_ms", m) - m) for m, (_, s) in zip(mean, pts)]
         ax.errorbar(xs, mean, yerr=[lo, hi], marker="o", capsize=3, label=f"{lab} (mean, p50-p99)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("prompt length (tokens)")
+    lens = sorted({s["input_len"] for run in runs.values() for s in run})
+    _length_axis(ax, lens)
     ax.set_ylabel("TTFT (ms)")
     ax.set_title(title or "Time to first token")
     ax.grid(True, which="both", alpha=0.3)
@@ -140,8 +156,7 @@ def plot_ttft(runs: dict[str, list[dict]], path: str | Path, title: str = "") ->
             ax2.plot([r["input_len"] for r in pts], [r[key] for r in pts], marker="o",
                      label=f"{labels[0]} vs {lab}")
         ax2.axhline(1.0, color="gray", lw=1, ls="--")
-        ax2.set_xscale("log", base=2)
-        ax2.set_xlabel("prompt length (tokens)")
+        _length_axis(ax2, lens)
         ax2.set_ylabel(f"TTFT speedup of {labels[0]} (x)")
         ax2.set_title("Speedup (other mean TTFT / first)")
         ax2.grid(True, which="both", alpha=0.3)

