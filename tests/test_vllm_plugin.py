@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vllm_anchor.kernels import AnchorConfig, plan_anchor_prefill
-from vllm_anchor.routing import first_anchor_request, slice_requests, stripe_density
+from vllm_anchor.routing import DensityGuard, first_anchor_request, slice_requests, stripe_density
 from vllm_anchor.settings import KNOWN_KEYS, AnchorSettings, load_settings, parse_layers
 
 
@@ -159,3 +159,56 @@ def test_stripe_density_and_guard_decision():
     assert 0.4 < d < 0.55
     settings = AnchorSettings(density_guard=0.3)
     assert (d > settings.density_guard) and not (stripe_density(plan, full // 10) > settings.density_guard)
+
+
+def test_density_guard_skips_dense_layers_and_reprobes():
+    g = DensityGuard(threshold=0.3, probe_every=4)
+    assert not g.skip_measurement()           # nothing known yet: measure
+    assert not g.dense_after_measuring(0.1)   # sparse enough: run sparse
+    assert not g.skip_measurement()
+    assert g.dense_after_measuring(0.9)       # too dense: this call dense; estimate 0.5
+    decisions = [g.skip_measurement() for _ in range(8)]
+    # skipped (dense without anchor work) except on every 4th call, where it re-measures
+    assert decisions == [True, False, True, True, True, False, True, True]
+    assert not g.dense_after_measuring(0.05)  # the probe finds it sparse again ...
+    assert g.estimate == pytest.approx(0.275)
+    assert not g.skip_measurement()           # ... so the next call measures, no skip
+
+
+def test_guard_threshold_one_never_falls_back():
+    g = DensityGuard(threshold=1.0)
+    assert not g.dense_after_measuring(1.0) and not g.skip_measurement()
+
+
+def test_metrics_collector_sums_worker_files(tmp_path, monkeypatch):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from vllm_anchor.metrics import AnchorCollector
+    from vllm_anchor.stats import STATS_DIR_ENV, AnchorStats
+    monkeypatch.setenv(STATS_DIR_ENV, str(tmp_path))
+    a, b = AnchorStats(), AnchorStats()
+    a.record("model.layers.0.self_attn.attn", 0.2, fallback=False)
+    a.record("model.layers.0.self_attn.attn", None, fallback=True)
+    a.flush()
+    # a second worker (another TP rank) writes its own file
+    monkeypatch.setattr("os.getpid", lambda: 999999)
+    b.record("model.layers.0.self_attn.attn", 0.4, fallback=True)
+    b.flush()
+    reg = CollectorRegistry()
+    reg.register(AnchorCollector(str(tmp_path)))
+    text = generate_latest(reg).decode()
+    layer = 'layer="model.layers.0.self_attn.attn"'
+    assert f"vllm_anchor_prefill_layer_calls_total{{{layer}}} 3.0" in text
+    assert f"vllm_anchor_density_fallbacks_total{{{layer}}} 2.0" in text
+    assert f"vllm_anchor_stripe_density{{{layer}}} 0.3" in text  # mean of the two measured
+
+
+def test_plugin_sets_up_stats_dir_once(monkeypatch):
+    import os
+
+    from vllm_anchor.metrics import ensure_stats_dir_and_collector
+    from vllm_anchor.stats import STATS_DIR_ENV
+    monkeypatch.delenv(STATS_DIR_ENV, raising=False)
+    first = ensure_stats_dir_and_collector()
+    assert os.path.isdir(first) and os.environ[STATS_DIR_ENV] == first
+    assert ensure_stats_dir_and_collector() == first  # children inherit, nothing new

@@ -30,7 +30,7 @@ from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill
 from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_sparse_step, run_stripe_step
 
-from .routing import first_anchor_request, slice_requests, stripe_density
+from .routing import DensityGuard, first_anchor_request, slice_requests, stripe_density
 from .settings import AnchorSettings, load_settings
 from .stats import STATS
 
@@ -147,6 +147,7 @@ class AnchorImpl(FlashAttentionImpl):
             reasons.append(f"head size {head_size} > 256")
         self._unsupported = ", ".join(reasons)
         self._layer_on: bool | None = None  # resolved at the first forward (needs the layer name)
+        self._guard = DensityGuard(self.settings.density_guard)
 
     def _anchor_on(self, layer) -> bool:
         if self._layer_on is None:
@@ -171,6 +172,10 @@ class AnchorImpl(FlashAttentionImpl):
         if md.anchor is None or output_scale is not None or not self._anchor_on(layer):
             return super().forward(layer, query, key, value, kv_cache, md.fa, output,
                                    output_scale, output_block_scale)
+        name = getattr(layer, "layer_name", "?")
+        if self._guard.skip_measurement():  # this layer was too dense lately: stock FA, no waste
+            STATS.record(name, None, fallback=True)
+            return super().forward(layer, query, key, value, kv_cache, md.fa, output)
         a = md.anchor
         rows = slice(a.token_start, a.token_end)
         call = _Call(query[rows], kv_cache, a.block_table, a.plan, self.scale)
@@ -178,11 +183,9 @@ class AnchorImpl(FlashAttentionImpl):
         run_anchor_step(call, ws)
         run_stripe_step(call, ws)
         density = stripe_density(a.plan, ws.counts)  # one host sync per layer, prefill only
-        name = getattr(layer, "layer_name", "?")
-        if density > self.settings.density_guard:
+        if self._guard.dense_after_measuring(density):
             STATS.record(name, density, fallback=True)
-            return super().forward(layer, query, key, value, kv_cache, md.fa, output,
-                                   output_scale, output_block_scale)
+            return super().forward(layer, query, key, value, kv_cache, md.fa, output)
         STATS.record(name, density, fallback=False)
         if md.fa_head is not None:
             super().forward(layer, query, key, value, kv_cache, md.fa_head, output)

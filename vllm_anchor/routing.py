@@ -62,3 +62,30 @@ def stripe_density(plan: AnchorPlan, counts: torch.Tensor) -> float:
     if total == 0:
         return 0.0
     return float((counts.cpu().to(torch.float64).sum(1) * q).sum()) / total
+
+
+class DensityGuard:
+    """Per-layer decision: sparse, or dense FlashAttention when stripes would not pay off.
+
+    A layer's stripe density is a property of its heads and changes slowly from one chunk to
+    the next, so after a chunk measured above ``threshold`` the layer skips the anchor work
+    altogether (no anchor or stripe step wasted) and re-measures only every ``probe_every``-th
+    call; the running estimate is the mean of the last measurement and the previous estimate.
+    """
+
+    def __init__(self, threshold: float, probe_every: int = 16):
+        self.threshold = threshold
+        self.probe_every = probe_every
+        self.estimate: float | None = None
+        self._calls = 0
+
+    def skip_measurement(self) -> bool:
+        """Call once per long-prefill call, before any anchor work: True = run dense now."""
+        self._calls += 1
+        return (self.estimate is not None and self.estimate > self.threshold
+                and self._calls % self.probe_every != 0)
+
+    def dense_after_measuring(self, density: float) -> bool:
+        """Record a measured density; True = too dense, run dense for this call."""
+        self.estimate = density if self.estimate is None else 0.5 * (self.estimate + density)
+        return density > self.threshold

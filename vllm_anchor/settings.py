@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields
 from vllm_anchor.kernels import AnchorConfig
 
 ENV_PREFIX = "VLLM_ANCHOR_"
-# VLLM_ANCHOR_* variables that are not backend settings (read by the launcher).
-OTHER_ENV = {"VLLM_ANCHOR_CACHE"}
+# VLLM_ANCHOR_* variables that are not backend settings (launcher cache, statistics folder).
+OTHER_ENV = {"VLLM_ANCHOR_CACHE", "VLLM_ANCHOR_STATS_DIR"}
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,29 @@
-"""Per-layer sparsity statistics, cheap enough to leave on (updated once per layer per prefill).
+"""Per-layer sparsity statistics, cheap enough to leave on.
 
-Workers keep them in this module-level object; the API server reads them with
-``collective_rpc`` (see ``vllm_anchor.metrics``) and exports them on ``/metrics``.
+Workers update a module-level :data:`STATS` once per layer per long prefill (the density guard
+already brought the counts to the host) and flush it, at most once a second, to a small JSON file
+in ``$VLLM_ANCHOR_STATS_DIR``. The process that loaded the plugin first (the API server, or the
+``LLM`` process) creates that folder before vLLM starts its engine, so every engine and worker
+process inherits the variable, and registers a Prometheus collector that reads the files at each
+scrape of ``/metrics`` (see :mod:`vllm_anchor.metrics`).
 """
 from __future__ import annotations
 
+import json
+import os
 import threading
+import time
 from dataclasses import dataclass, field
+
+STATS_DIR_ENV = "VLLM_ANCHOR_STATS_DIR"
+FLUSH_INTERVAL_S = 1.0
 
 
 @dataclass
 class LayerStats:
-    calls: int = 0
-    fallbacks: int = 0
+    calls: int = 0  # long-prefill forward calls of this layer
+    fallbacks: int = 0  # of which ran dense FlashAttention because of the density guard
+    measured: int = 0  # calls whose stripe density was measured
     density_sum: float = 0.0
     last_density: float = 0.0
 
@@ -21,19 +32,37 @@ class LayerStats:
 class AnchorStats:
     layers: dict[str, LayerStats] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _last_flush: float = 0.0
 
-    def record(self, layer: str, density: float, fallback: bool) -> None:
+    def record(self, layer: str, density: float | None, fallback: bool) -> None:
+        """One long-prefill call; ``density`` is None when the guard skipped the measurement."""
         with self._lock:
             s = self.layers.setdefault(layer, LayerStats())
             s.calls += 1
             s.fallbacks += int(fallback)
-            s.density_sum += density
-            s.last_density = density
+            if density is not None:
+                s.measured += 1
+                s.density_sum += density
+                s.last_density = density
+        now = time.monotonic()
+        if now - self._last_flush >= FLUSH_INTERVAL_S:
+            self._last_flush = now
+            self.flush()
 
     def snapshot(self) -> dict[str, dict]:
         with self._lock:
-            return {k: {"calls": v.calls, "fallbacks": v.fallbacks, "density_sum": v.density_sum,
-                        "last_density": v.last_density} for k, v in self.layers.items()}
+            return {k: dict(vars(v)) for k, v in self.layers.items()}
+
+    def flush(self) -> None:
+        """Write this process's snapshot for the API server's collector (no-op without a dir)."""
+        folder = os.environ.get(STATS_DIR_ENV)
+        if not folder or not os.path.isdir(folder):
+            return
+        path = os.path.join(folder, f"worker-{os.getpid()}.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.snapshot(), f)
+        os.replace(tmp, path)
 
     def reset(self) -> None:
         with self._lock:

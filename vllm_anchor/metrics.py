@@ -1,0 +1,77 @@
+"""Prometheus metrics of the anchor backend on vLLM's ``/metrics``.
+
+vLLM serves the default ``prometheus_client`` registry of the API-server process. The workers
+that run attention are other processes, so they flush their :data:`~vllm_anchor.stats.STATS` to
+``$VLLM_ANCHOR_STATS_DIR`` and this collector sums the files at scrape time:
+
+* ``vllm_anchor_prefill_layer_calls_total{layer}``: long-prefill calls that took the anchor path;
+* ``vllm_anchor_density_fallbacks_total{layer}``: of those, calls the density guard ran dense;
+* ``vllm_anchor_stripe_density{layer}``: mean measured stripe density (selected / candidates).
+
+With ``--api-server-count > 1`` vLLM switches to a multiprocess registry that this collector is
+not part of; the statistics are then only in the JSON files.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+
+from .stats import STATS_DIR_ENV
+
+_registered_dir: str | None = None
+
+
+def read_stats(folder: str) -> dict[str, dict]:
+    """Per-layer totals over every worker file in ``folder``."""
+    total: dict[str, dict] = {}
+    for path in glob.glob(os.path.join(folder, "worker-*.json")):
+        try:
+            with open(path) as f:
+                layers = json.load(f)
+        except (OSError, ValueError):
+            continue  # a file being replaced right now: next scrape
+        for name, s in layers.items():
+            t = total.setdefault(name, {"calls": 0, "fallbacks": 0, "measured": 0, "density_sum": 0.0})
+            for k in t:
+                t[k] += s.get(k, 0)
+    return total
+
+
+class AnchorCollector:
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        calls = CounterMetricFamily("vllm_anchor_prefill_layer_calls",
+                                    "Long-prefill attention calls that took the anchor path", labels=["layer"])
+        falls = CounterMetricFamily("vllm_anchor_density_fallbacks",
+                                    "Anchor-path calls run as dense FlashAttention by the density guard",
+                                    labels=["layer"])
+        dens = GaugeMetricFamily("vllm_anchor_stripe_density",
+                                 "Mean measured stripe density (selected / candidate keys)", labels=["layer"])
+        for name, s in sorted(read_stats(self.folder).items()):
+            calls.add_metric([name], s["calls"])
+            falls.add_metric([name], s["fallbacks"])
+            if s["measured"]:
+                dens.add_metric([name], s["density_sum"] / s["measured"])
+        yield calls
+        yield falls
+        yield dens
+
+
+def ensure_stats_dir_and_collector() -> str:
+    """Create the stats folder (first process only) and register the collector there once."""
+    global _registered_dir
+    folder = os.environ.get(STATS_DIR_ENV)
+    if folder:
+        return folder  # inherited from the process that serves /metrics
+    folder = tempfile.mkdtemp(prefix="vllm_anchor_stats_")
+    os.environ[STATS_DIR_ENV] = folder
+    if _registered_dir is None:
+        from prometheus_client import REGISTRY
+        REGISTRY.register(AnchorCollector(folder))
+        _registered_dir = folder
+    return folder
