@@ -22,7 +22,18 @@ import time
 YARN = {"rope_type": "yarn", "rope_theta": 100000.0, "original_max_position_embeddings": 8192}
 
 
+class RandomTokens:
+    """Stands in for a tokenizer with random-weight models (no tokenizer, speed only)."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        rng = random.Random(text)
+        return [rng.randint(1000, 100000) for _ in range(max(1, len(text) // 4))]
+
+
 def haystack_ids(tok, n: int, seed: int) -> list[int]:
+    if isinstance(tok, RandomTokens):
+        rng = random.Random(seed)
+        return [rng.randint(1000, 100000) for _ in range(n)]
     import pydoc_data.topics
     keys = sorted(pydoc_data.topics.topics)
     random.Random(seed).shuffle(keys)
@@ -56,6 +67,8 @@ def main():
     ap.add_argument("--anchor", default="{}", help="JSON for --additional-config's anchor section")
     ap.add_argument("--max-model-len", type=int, default=32768)
     ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--dummy", action="store_true",
+                    help="random weights, no tokenizer (speed only): e.g. bench/configs/llama-3.1-8b")
     ap.add_argument("--no-prefix-caching", action="store_true")
     ap.add_argument("--tasks", nargs="+", default=["exact"])
     ap.add_argument("--ttft-lengths", type=int, nargs="+", default=[16384, 32000])
@@ -70,12 +83,13 @@ def main():
     factor = a.max_model_len / 8192
     anchor = json.loads(a.anchor)
     t0 = time.perf_counter()
+    model_args = dict(load_format="dummy", skip_tokenizer_init=True) if a.dummy else dict(
+        hf_overrides={"rope_parameters": {**YARN, "factor": factor}, "max_position_embeddings": a.max_model_len})
     llm = LLM(model=a.model, attention_backend=a.backend, additional_config={"anchor": anchor},
-              hf_overrides={"rope_parameters": {**YARN, "factor": factor},
-                            "max_position_embeddings": a.max_model_len},
               max_model_len=a.max_model_len, gpu_memory_utilization=0.6, enforce_eager=a.eager,
-              enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=16384, seed=0)
-    tok = llm.get_tokenizer()
+              enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=16384, seed=0,
+              **model_args)
+    tok = RandomTokens() if a.dummy else llm.get_tokenizer()
     res = {"backend": a.backend, "anchor": anchor, "max_model_len": a.max_model_len, "eager": a.eager,
            "gpu": torch.cuda.get_device_name(), "startup_s": time.perf_counter() - t0, "command": " ".join(os.sys.argv)}
     greedy = SamplingParams(temperature=0.0, max_tokens=24, logprobs=1)
