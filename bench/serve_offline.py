@@ -125,7 +125,7 @@ def main():
                          "extended": list(second.outputs[0].token_ids),
                          "cached_tokens_again": getattr(again, "num_cached_tokens", None)}
     if "ttft" in a.tasks:
-        one = SamplingParams(temperature=0.0, max_tokens=1)
+        one = SamplingParams(temperature=0.0, max_tokens=1, detokenize=not a.dummy)
         gen([haystack_ids(tok, 4096, seed=10)], one)  # warm-up
         res["ttft"] = {}
         for n in a.ttft_lengths:
