@@ -51,8 +51,10 @@ def compare(ref: dict, run: dict) -> dict:
         calls = sum(v["calls"] for v in layers.values())
         out["anchor_stats_rank0"] = {
             "layer_calls": calls, "fallbacks": sum(v["fallbacks"] for v in layers.values()),
-            "mean_density": statistics.mean(v["density_sum"] / v["measured"] for v in layers.values()
-                                            if v.get("measured")) if calls else None}
+            # files from before "measured" existed measured every call
+            "mean_density": statistics.mean(v["density_sum"] / v.get("measured", v["calls"])
+                                            for v in layers.values() if v.get("measured", v["calls"]))
+            if calls else None}
     return out
 
 
