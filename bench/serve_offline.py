@@ -72,6 +72,8 @@ def main():
     ap.add_argument("--no-prefix-caching", action="store_true")
     ap.add_argument("--tasks", nargs="+", default=["exact"])
     ap.add_argument("--ttft-lengths", type=int, nargs="+", default=[16384, 32000])
+    ap.add_argument("--ttft-runs", type=int, default=4, help="the first run of each length is not counted")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -88,9 +90,10 @@ def main():
     llm = LLM(model=a.model, attention_backend=a.backend, additional_config={"anchor": anchor},
               max_model_len=a.max_model_len, gpu_memory_utilization=0.6, enforce_eager=a.eager,
               enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=16384, seed=0,
-              **model_args)
+              tensor_parallel_size=a.tp, **model_args)
     tok = RandomTokens() if a.dummy else llm.get_tokenizer()
     res = {"backend": a.backend, "anchor": anchor, "max_model_len": a.max_model_len, "eager": a.eager,
+           "tensor_parallel_size": a.tp, "gpus": torch.cuda.device_count(),
            "gpu": torch.cuda.get_device_name(), "startup_s": time.perf_counter() - t0, "command": " ".join(os.sys.argv)}
     greedy = SamplingParams(temperature=0.0, max_tokens=24, logprobs=1)
 
@@ -130,7 +133,7 @@ def main():
         res["ttft"] = {}
         for n in a.ttft_lengths:
             times = []
-            for r in range(4):
+            for r in range(a.ttft_runs):
                 p = [random.Random(r + n).randint(1000, 20000) for _ in range(8)] + haystack_ids(tok, n - 8, seed=r + n)
                 t = time.perf_counter()
                 gen([p], one)
