@@ -2,6 +2,6 @@
 
 Installed as ``vllm_anchor.kernels``; nothing here imports vLLM.
 """
-from .api import AnchorWorkspace, anchor_prefill, new_workspace  # noqa: F401
+from .api import AnchorWorkspace, anchor_prefill, new_workspace, warm_up  # noqa: F401
 from .config import AnchorConfig  # noqa: F401
 from .plan import AnchorPlan, plan_anchor_prefill  # noqa: F401

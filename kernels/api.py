@@ -102,7 +102,8 @@ def new_workspace(call: _Call) -> AnchorWorkspace:
     dev, H, BD, plan = call.q.device, call.num_heads, call.block_d, call.plan
     f32 = dict(dtype=torch.float32, device=dev)
     i32 = dict(dtype=torch.int32, device=dev)
-    cap = max(plan.list_capacity, 1)
+    # a multiple of 16 keeps the lists' row stride in one Triton specialization (no recompiles)
+    cap = max(16, -(-plan.list_capacity // 16) * 16)
     return AnchorWorkspace(
         m=torch.empty(call.num_tokens, H, **f32), l=torch.empty(call.num_tokens, H, **f32),
         acc=torch.empty(call.num_tokens, H, BD, **f32),
@@ -218,3 +219,36 @@ def anchor_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.T
     run_stripe_step(call, ws)
     run_sparse_step(call, ws, out)
     return out
+
+
+_warmed: set = set()
+
+
+def warm_up(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, cfg: AnchorConfig,
+            device: torch.device | str = "cuda", page: int = 16) -> bool:
+    """Compile every kernel for this model shape before the first request needs it.
+
+    Triton compiles on first use (seconds), which would otherwise land in the first long
+    request's TTFT. Runs one small prefill (two groups plus a partial one) through a paged cache
+    laid out like vLLM's, for block-table row strides of both divisibilities (Triton specializes
+    integer arguments on divisibility by 16). Returns False when this shape was already warm.
+    """
+    key = (num_heads, num_kv_heads, head_dim, dtype, cfg, str(device), page)
+    if key in _warmed:
+        return False
+    n = 2 * cfg.group_size + cfg.pool_block + 3
+    pages = -(-n // page)
+    gen = torch.Generator(device=device).manual_seed(0)
+    kv = torch.randn(pages, page, num_kv_heads, 2 * head_dim, device=device, generator=gen).to(dtype)
+    kv = kv.permute(0, 2, 1, 3)  # logical [blocks, Hkv, page, 2D] over NHD memory, as vLLM's
+    qkv = torch.randn(n, (num_heads + 2 * num_kv_heads) * head_dim, device=device, generator=gen).to(dtype)
+    q = qkv[:, : num_heads * head_dim].view(n, num_heads, head_dim)  # strided like vLLM's query
+    plan = plan_anchor_prefill([0, n], [n], cfg, num_heads, num_kv_heads, head_dim, device)
+    for width in (pages + (-pages) % 16, pages + (-pages) % 16 + 1):
+        bt = torch.zeros(1, width, dtype=torch.int32, device=device)
+        bt[0, :pages] = torch.arange(pages, dtype=torch.int32, device=device)
+        anchor_prefill(q, kv, bt, plan, head_dim ** -0.5)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    _warmed.add(key)
+    return True

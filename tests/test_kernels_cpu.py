@@ -207,3 +207,16 @@ def test_unaligned_chunks_equal_dense_at_theta_inf():
     k, v = whole.seq_kv(0)
     ref = R.dense_causal_attention(whole.q.float(), k, v, 0, whole.scale)
     assert R.relative_error(out_split, ref) < TOL[torch.float32]
+
+
+def test_warm_up_runs_once_per_shape(monkeypatch):
+    from vllm_anchor.kernels import api
+    monkeypatch.setattr(api, "_warmed", set())
+    calls = []
+    real = api.anchor_prefill
+    monkeypatch.setattr(api, "anchor_prefill", lambda *a, **k: calls.append(a[2].stride(0)) or real(*a, **k))
+    cfg = small_cfg()
+    assert api.warm_up(4, 2, 16, torch.float32, cfg, device="cpu")
+    assert len(calls) == 2 and calls[0] % 16 == 0 and calls[1] % 16 == 1  # both specializations
+    assert not api.warm_up(4, 2, 16, torch.float32, cfg, device="cpu")
+    assert len(calls) == 2

@@ -27,7 +27,7 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
                                                    FlashAttentionMetadata, FlashAttentionMetadataBuilder)
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
-from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill
+from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, warm_up
 from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_sparse_step, run_stripe_step
 
 from .routing import DensityGuard, first_anchor_request, slice_requests, stripe_density
@@ -148,6 +148,18 @@ class AnchorImpl(FlashAttentionImpl):
         self._unsupported = ", ".join(reasons)
         self._layer_on: bool | None = None  # resolved at the first forward (needs the layer name)
         self._guard = DensityGuard(self.settings.density_guard)
+
+    def process_weights_after_loading(self, act_dtype: torch.dtype):
+        super().process_weights_after_loading(act_dtype)
+        if not self.settings.enabled or self._unsupported or not torch.cuda.is_available():
+            return
+        try:  # compile the kernels now, not inside the first long request's TTFT
+            if warm_up(self.num_heads, self.num_kv_heads, self.head_size, act_dtype,
+                       self.settings.kernel, torch.device("cuda", torch.cuda.current_device())):
+                logger.info("vllm-anchor: kernels compiled for %d/%d heads, head size %d, %s",
+                            self.num_heads, self.num_kv_heads, self.head_size, act_dtype)
+        except Exception as e:  # never block start-up on a warm-up; the first request compiles
+            logger.warning("vllm-anchor: kernel warm-up failed (%r); compiling on first use", e)
 
     def _anchor_on(self, layer) -> bool:
         if self._layer_on is None:

