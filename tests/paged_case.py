@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_anchor.kernels.reference import gather_paged_kv
+from vllm_anchor.kernels.reference import gather_paged_kv, relative_error
 
 
 @dataclass
@@ -71,3 +71,14 @@ def make_case(chunks: list[tuple[int, int]], num_heads: int, num_kv_heads: int, 
     q = q.to(dtype).to(device)
     return PagedCase(q=q, kv_cache=kv_cache, block_table=block_table.to(device),
                      query_start_loc=qsl, seq_lens=seq_lens, scale=head_dim ** -0.5)
+
+
+def assert_close_per_sequence(case: PagedCase, out: torch.Tensor, ref_fn, tol: float) -> None:
+    """Compare each sequence's rows of ``out`` with ``ref_fn(q, k, v, q_start)`` (float32)."""
+    for s in range(case.num_seqs):
+        k, v = case.seq_kv(s)
+        q = case.seq_q(s).float()
+        ref = ref_fn(q, k, v, case.q_start(s))
+        got = out[case.query_start_loc[s]:case.query_start_loc[s + 1]]
+        err = relative_error(got, ref)
+        assert err < tol, f"sequence {s} (start {case.q_start(s)}, {q.shape[0]} queries): rel err {err:.2e}"

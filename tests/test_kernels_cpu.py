@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from paged_case import make_case
+from paged_case import assert_close_per_sequence, make_case
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
 from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step, set_stripe_lists
@@ -29,16 +29,6 @@ def run(case, cfg, workspace=None):
     return out, plan
 
 
-def per_seq(case, out, fn, tol):
-    for s in range(case.num_seqs):
-        k, v = case.seq_kv(s)
-        q = case.seq_q(s).float()
-        ref = fn(q, k, v, case.q_start(s))
-        got = out[case.query_start_loc[s]:case.query_start_loc[s + 1]]
-        err = R.relative_error(got, ref)
-        assert err < tol, f"sequence {s} (start {case.q_start(s)}, {q.shape[0]} queries): rel err {err:.2e}"
-
-
 LENGTHS = [
     [(0, 1)], [(0, 17)], [(0, 63)], [(0, 65)], [(0, 200)],
     [(130, 1)], [(64, 64)], [(50, 33), (0, 150), (127, 2)],
@@ -52,7 +42,7 @@ LENGTHS = [
 def test_theta_inf_equals_dense(chunks, heads, dtype):
     case = make_case(chunks, *heads, head_dim=16, dtype=dtype, seed=hash(str(chunks)) % 1000)
     out, _ = run(case, small_cfg(theta=INF))
-    per_seq(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[dtype])
+    assert_close_per_sequence(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[dtype])
 
 
 @pytest.mark.parametrize("share", [True, False])
@@ -63,13 +53,13 @@ def test_theta_neg_inf_equals_anchor_region_only(share):
 
     def anchor_only(q, k, v, p):
         return R.masked_attention(q, k, v, R.anchor_region_mask(p, q.shape[0], k.shape[0], cfg), case.scale)
-    per_seq(case, out, anchor_only, TOL[torch.float32])
+    assert_close_per_sequence(case, out, anchor_only, TOL[torch.float32])
 
 
 def test_head_dim_not_power_of_two():
     case = make_case([(0, 100)], 4, 2, 24, seed=4)
     out, _ = run(case, small_cfg(theta=INF))
-    per_seq(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[torch.float32])
+    assert_close_per_sequence(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[torch.float32])
 
 
 def _steps(case, cfg):
@@ -177,7 +167,7 @@ def test_end_to_end_matches_reference_with_partial_selection():
         o, mask = R.anchor_attention(q, k, v, p, case.scale, cfg)
         dense_err.append(R.relative_error(o, R.dense_causal_attention(q, k, v, p, case.scale)))
         return o
-    per_seq(case, out, ref, TOL[torch.float32])
+    assert_close_per_sequence(case, out, ref, TOL[torch.float32])
     assert max(dense_err) > 1e-4, "selection was complete; the test would not see a wrong list"
 
 

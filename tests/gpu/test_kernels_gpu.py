@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paged_case import make_case
+from paged_case import assert_close_per_sequence, make_case
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
 from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, set_stripe_lists
@@ -25,23 +25,13 @@ def _run(case, cfg):
     return out
 
 
-def _check(case, out, ref_fn, tol):
-    for s in range(case.num_seqs):
-        k, v = case.seq_kv(s)
-        q = case.seq_q(s).float()
-        ref = ref_fn(q, k, v, case.q_start(s))
-        got = out[case.query_start_loc[s]:case.query_start_loc[s + 1]]
-        err = R.relative_error(got, ref)
-        assert err < tol, f"seq {s}: rel err {err:.2e}"
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("share", [True, False])
 def test_theta_inf_equals_dense(dtype, head_dim, share):
     case = make_case(CHUNKS, 8, 2, head_dim, dtype=dtype, device="cuda", seed=head_dim)
     out = _run(case, AnchorConfig(theta=INF, share_gqa=share, **CFG))
-    _check(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[dtype])
+    assert_close_per_sequence(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -53,7 +43,7 @@ def test_theta_neg_inf_equals_anchor_region(dtype, head_dim):
     def ref(q, k, v, p):
         return R.masked_attention(q, k, v, R.anchor_region_mask(p, q.shape[0], k.shape[0], cfg, q.device),
                                   case.scale)
-    _check(case, _run(case, cfg), ref, TOL[dtype])
+    assert_close_per_sequence(case, _run(case, cfg), ref, TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
