@@ -208,7 +208,37 @@ def test_plugin_sets_up_stats_dir_once(monkeypatch):
 
     from vllm_anchor.metrics import ensure_stats_dir_and_collector
     from vllm_anchor.stats import STATS_DIR_ENV
-    monkeypatch.delenv(STATS_DIR_ENV, raising=False)
+    monkeypatch.setenv(STATS_DIR_ENV, "")  # so that teardown restores the variable's absence
+    monkeypatch.delenv(STATS_DIR_ENV)
     first = ensure_stats_dir_and_collector()
     assert os.path.isdir(first) and os.environ[STATS_DIR_ENV] == first
     assert ensure_stats_dir_and_collector() == first  # children inherit, nothing new
+
+
+def test_metrics_appear_on_vllms_own_metrics_route(tmp_path, monkeypatch):
+    """The collector registered by the plugin shows up on the /metrics app vLLM mounts."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from prometheus_client import REGISTRY
+    from vllm.entrypoints.serve.instrumentator.metrics import attach_router
+
+    from vllm_anchor import metrics
+    from vllm_anchor.stats import STATS_DIR_ENV, AnchorStats
+    monkeypatch.setenv(STATS_DIR_ENV, "")  # so that teardown restores the variable's absence
+    monkeypatch.delenv(STATS_DIR_ENV)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(metrics, "_registered_dir", None)
+    folder = metrics.ensure_stats_dir_and_collector()  # what plugin.register() does in process 0
+    collector = next(c for c in list(REGISTRY._collector_to_names)
+                     if isinstance(c, metrics.AnchorCollector) and c.folder == folder)
+    try:
+        worker = AnchorStats()
+        worker.record("model.layers.5.self_attn.attn", 0.12, fallback=False)
+        worker.flush()  # a worker process writes into the inherited folder
+        app = FastAPI()
+        attach_router(app)
+        body = TestClient(app).get("/metrics").text
+        assert 'vllm_anchor_prefill_layer_calls_total{layer="model.layers.5.self_attn.attn"} 1.0' in body
+        assert 'vllm_anchor_stripe_density{layer="model.layers.5.self_attn.attn"} 0.12' in body
+    finally:
+        REGISTRY.unregister(collector)
