@@ -228,6 +228,9 @@ def test_metrics_appear_on_vllms_own_metrics_route(tmp_path, monkeypatch):
     monkeypatch.delenv(STATS_DIR_ENV)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.setattr(metrics, "_registered_dir", None)
+    earlier = [c for c in list(REGISTRY._collector_to_names) if isinstance(c, metrics.AnchorCollector)]
+    for c in earlier:  # from other tests' register() calls in this process
+        REGISTRY.unregister(c)
     folder = metrics.ensure_stats_dir_and_collector()  # what plugin.register() does in process 0
     collector = next(c for c in list(REGISTRY._collector_to_names)
                      if isinstance(c, metrics.AnchorCollector) and c.folder == folder)
@@ -242,3 +245,5 @@ def test_metrics_appear_on_vllms_own_metrics_route(tmp_path, monkeypatch):
         assert 'vllm_anchor_stripe_density{layer="model.layers.5.self_attn.attn"} 0.12' in body
     finally:
         REGISTRY.unregister(collector)
+        for c in earlier:
+            REGISTRY.register(c)

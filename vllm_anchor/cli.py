@@ -1,16 +1,19 @@
 """``vllm-anchor`` command: ``serve`` (vLLM's OpenAI server with the anchor backend) and
-``bench`` (streaming TTFT/ITL load test, optionally A/B against a second server)."""
+``bench`` (streaming TTFT/ITL load test, optionally A/B against a second server) and ``calibrate``
+(theta sweep: attention-mass recall, stripe density and error per layer on a real model)."""
 from __future__ import annotations
 
 import sys
 
 USAGE = """\
-usage: vllm-anchor {serve,bench} ...
+usage: vllm-anchor {serve,bench,calibrate} ...
 
   serve [MODEL] [vLLM options]   start `vllm serve` with --attention-backend anchor and
                                  long-context defaults (no MODEL: the embedded demo model)
   bench [options]                load-test a running server: TTFT/TPOT/ITL per prompt length
-Run `vllm-anchor serve --help` or `vllm-anchor bench --help` for the options.
+  calibrate [options]            sweep theta on a real model (transformers, CPU or GPU): recall,
+                                 stripe density and error per layer; recommends a theta
+Run `vllm-anchor serve --help`, `vllm-anchor bench --help` or `vllm-anchor calibrate --help`.
 """
 
 
@@ -26,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "bench":
         from vllm_anchor.serving import loadtest
         return loadtest.main(rest)
+    if cmd == "calibrate":
+        from vllm_anchor import calibrate
+        return calibrate.main(rest)
     print(f"vllm-anchor: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

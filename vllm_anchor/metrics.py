@@ -72,6 +72,9 @@ def ensure_stats_dir_and_collector() -> str:
     os.environ[STATS_DIR_ENV] = folder
     if _registered_dir is None:
         from prometheus_client import REGISTRY
-        REGISTRY.register(AnchorCollector(folder))
+        try:
+            REGISTRY.register(AnchorCollector(folder))
+        except ValueError:  # names already registered (a second copy of this module): keep theirs
+            return folder
         _registered_dir = folder
     return folder
