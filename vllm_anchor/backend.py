@@ -73,6 +73,8 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
         self.head_size = kv_cache_spec.head_size
         self.num_heads_kv = kv_cache_spec.num_kv_heads
         self.num_heads_q = vllm_config.model_config.get_num_attention_heads(vllm_config.parallel_config)
+        # Sliding-window layer groups run stock FA in every layer (see AnchorImpl): plan nothing.
+        self._plans = self.settings.enabled and getattr(kv_cache_spec, "sliding_window", None) is None
 
     @classmethod
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
@@ -106,7 +108,7 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
 
     def _first_anchor_request(self, cm: CommonAttentionMetadata) -> int:
         """First request of the long-prefill tail that runs anchor (``num_reqs``: none)."""
-        if not self.settings.enabled:
+        if not self._plans:
             return cm.num_reqs
         if cm.seq_lens_cpu_upper_bound is None:
             logger.warning("vllm-anchor: the model runner gave no host sequence lengths; "
