@@ -218,17 +218,21 @@ def recommend(per_theta: dict[float, dict], target: float, floor: float) -> dict
         layers = per_theta[theta]
         rec = [x["recall_mean"] for x in layers]
         rows.append({"theta": theta, "mean_recall": sum(rec) / len(rec), "worst_layer_recall":
-                     min(rec), "worst_layer": int(min(range(len(rec)), key=rec.__getitem__)),
+                     min(rec), "worst_layer": int(layers[min(range(len(rec)), key=rec.__getitem__)]
+                                        .get("layer", min(range(len(rec)), key=rec.__getitem__))),
                      "mean_stripe_density": sum(x["stripe_density"] for x in layers) / len(layers),
                      "mean_attended_fraction": sum(x["attended_fraction"] for x in layers)
                      / len(layers),
                      "mean_rel_err": sum(x["rel_err"] for x in layers) / len(layers)})
     ok = [r for r in rows if r["mean_recall"] >= target and r["worst_layer_recall"] >= floor]
     best = ok[0] if ok else None
+    edge = best is not None and best is rows[0]
     return {"theta": best["theta"] if best else None, "met": best is not None,
-            "target_recall": target, "floor": floor, "summary": rows,
-            "note": ("smallest theta with mean recall >= target and worst layer >= floor"
-                     if best else "no theta in the sweep met both bars: extend --thetas upward")}
+            "at_sweep_edge": edge, "target_recall": target, "floor": floor, "summary": rows,
+            "note": ("no theta in the sweep met both bars: extend --thetas upward" if not best
+                     else "the smallest theta of the sweep already meets both bars: a smaller "
+                     "one may too (extend --thetas downward)" if edge else
+                     "smallest theta with mean recall >= target and worst layer >= floor")}
 
 
 def heatmap(path: str, table: list[list[float]], thetas: list[float], layer_ids: list[int],
@@ -238,8 +242,10 @@ def heatmap(path: str, table: list[list[float]], thetas: list[float], layer_ids:
     import matplotlib.pyplot as plt
     import numpy as np
     arr = np.array(table)  # [layers, thetas]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(thetas), 1.5 + 0.28 * len(layer_ids)))
-    im = ax.imshow(arr, aspect="auto", cmap="viridis", vmin=min(0.5, float(arr.min())), vmax=1.0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.5 + 0.9 * len(thetas)),
+                                    2.0 + 0.28 * len(layer_ids)))
+    vmin = max(0.0, min(float(arr.min()), 0.9) - 0.05)  # contrast where the differences are
+    im = ax.imshow(arr, aspect="auto", cmap="viridis", vmin=vmin, vmax=1.0)
     ax.set_xticks(range(len(thetas)), [f"{t:g}" for t in thetas])
     ax.set_yticks(range(len(layer_ids)), [str(i) for i in layer_ids])
     ax.set_xlabel("theta (nats)")
@@ -248,7 +254,7 @@ def heatmap(path: str, table: list[list[float]], thetas: list[float], layer_ids:
     for i in range(arr.shape[0]):
         for j in range(arr.shape[1]):
             ax.text(j, i, f"{arr[i, j]:.3f}", ha="center", va="center", fontsize=6,
-                    color="white" if arr[i, j] < 0.9 else "black")
+                    color="white" if arr[i, j] < (vmin + 1) / 2 else "black")
     fig.colorbar(im, ax=ax, label="attention-mass recall (mean)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -302,9 +308,12 @@ def calibrate(model_dir: str, lengths: list[int], thetas: list[float], base: Anc
                      "block": block, "seed": seed},
         "target_recall": target, "floor": floor,
         "recommended_theta": overall,
-        "recommendation_note": ("smallest theta meeting mean recall >= target and worst layer "
-                                ">= floor at every length" if overall is not None else
-                                "no theta met both bars at every length"),
+        "recommendation_note": (
+            "no theta met both bars at every length: extend --thetas upward" if overall is None
+            else "the smallest theta of the sweep: a smaller one may also meet both bars"
+            if overall == min(float(t) for t in thetas) else
+            "smallest theta meeting mean recall >= target and worst layer >= floor at every "
+            "length"),
         "results": results, "seconds": round(time.time() - t0, 1),
     }
 
@@ -374,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     table = [[last["layers"][f"{t:g}"][i]["recall_mean"] for t in thetas]
              for i in range(len(res["layers"]))]
     heatmap(png, table, thetas, res["layers"],
-            f"{Path(res['model']).name} @ {last['tokens']} tokens: mean attention-mass recall")
+            f"{Path(res['model']).name} @ {last['tokens']} tokens\nmean attention-mass recall; "
+            f"recommended theta = {res['recommended_theta']}")
     for r in res["results"]:
         for s in r["recommendation"]["summary"]:
             print(f"n={r['tokens']:6d} theta={s['theta']:5g} mean_recall={s['mean_recall']:.4f} "

@@ -29,12 +29,17 @@ def _post(url: str, body: dict, timeout: float, api_key: str | None) -> dict:
         return json.loads(r.read())
 
 
-def server_model(base_url: str, timeout: float = 30, api_key: str | None = None) -> str:
+def server_card(base_url: str, timeout: float = 30, api_key: str | None = None) -> dict:
+    """The first model card of ``/v1/models`` (vLLM's carries ``max_model_len``)."""
     req = urllib.request.Request(base_url.rstrip("/") + "/v1/models")
     if api_key:
         req.add_header("Authorization", f"Bearer {api_key}")
     with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())["data"][0]["id"]
+        return json.loads(r.read())["data"][0]
+
+
+def server_model(base_url: str, timeout: float = 30, api_key: str | None = None) -> str:
+    return server_card(base_url, timeout, api_key)["id"]
 
 
 def complete(base_url: str, model: str, s: Sample, timeout: float = 600,
@@ -54,7 +59,14 @@ def complete(base_url: str, model: str, s: Sample, timeout: float = 600,
 def run_server(base_url: str, samples: list[Sample], model: str | None = None,
                concurrency: int = 4, timeout: float = 600, api_key: str | None = None,
                log=print) -> list[dict]:
-    model = model or server_model(base_url, api_key=api_key)
+    card = server_card(base_url, api_key=api_key)
+    model = model or card["id"]
+    limit = card.get("max_model_len")
+    if isinstance(limit, int):
+        over = sum(s.length + s.max_tokens > limit for s in samples)
+        if over:
+            log(f"[longctx] warning: {over} prompts + their max_tokens exceed the server's "
+                f"max_model_len={limit}; they will fail (use shorter --lengths)")
     t0 = time.time()
 
     def one(s: Sample) -> dict:
@@ -172,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name (default: the server's first)")
     p.add_argument("--tasks", nargs="+", default=None,
                    help=f"default: {' '.join(DEFAULT_TASKS)} (hard_needle only if installed)")
-    p.add_argument("--lengths", nargs="+", default=["4096", "8192", "16384", "32768"],
-                   help="prompt lengths in tokens (8k = 8000, 8K = 8192)")
+    p.add_argument("--lengths", nargs="+", default=["4096", "8192", "16384", "32000"],
+                   help="exact prompt lengths in tokens (8k = 8000, 8K = 8192); the server's "
+                        "max_model_len must hold length + max_tokens (<= 120)")
     p.add_argument("--depths", type=float, nargs="+",
                    default=[0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0],
                    help="needle depths for niah_single, fractions of the haystack")
@@ -222,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                      "rows": rows})
     result = {"tasks": tasks, "lengths": lengths, "depths": args.depths,
               "samples_per_cell": args.samples, "seed": args.seed, "tokenizer": args.tokenizer,
-              "corpus": hs.sentences and args.corpus, "decoding": "greedy (temperature 0)",
+              "corpus": args.corpus, "haystack_sentences": len(hs.sentences), "decoding": "greedy (temperature 0)",
               "prompt_format": "token IDs to /v1/completions",
-              "scoring": "RULER string_match_all (case-insensitive substring); failed requests 0",
+              "scoring": ("RULER string_match_all (case-insensitive substring; hard_needle: first "
+                          "line only); failed requests score 0"),
               "ci": "95%: Wilson for 0/1 scores, percentile bootstrap (2000, seeded) otherwise",
               "runs": runs}
     if len(runs) == 2:

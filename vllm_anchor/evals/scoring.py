@@ -1,7 +1,8 @@
 """RULER-style scoring and confidence intervals.
 
 ``string_match_all``: the share of the reference answers found (case-insensitive substring) in
-the prediction, per sample; ``string_match_part``: 1 if any reference is found. A task's score is
+the prediction, per sample; ``string_match_part``: 1 if any reference is found; ``first_line``
+(hard-needle): ``string_match_all`` on the first non-empty line of the prediction. A task's score is
 the mean over its samples; its 95% interval is Wilson's when every per-sample score is 0 or 1,
 else a percentile bootstrap (fixed seed).
 """
@@ -30,6 +31,12 @@ def string_match_part(pred: str, refs: list[str]) -> float:
 
 
 def score(pred: str, refs: list[str], metric: str = "all") -> float:
+    """``all`` / ``part`` as RULER; ``first_line``: ``all`` on the prediction's first non-empty
+    line only (for confusable needles, where a model that goes on to list every candidate
+    would otherwise get credit)."""
+    if metric == "first_line":
+        lines = [ln for ln in postprocess(pred).split("\n") if ln.strip()]
+        return string_match_all(lines[0] if lines else "", refs)
     if metric == "all":
         return string_match_all(pred, refs)
     if metric == "part":
@@ -45,7 +52,9 @@ def wilson(successes: float, n: int, z: float = 1.959963984540054) -> tuple[floa
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    # the bounds are exactly 0 / 1 at p = 0 / 1 (the formula leaves rounding dust there)
+    return (0.0 if successes <= 0 else lo, 1.0 if successes >= n else hi)
 
 
 def bootstrap(values: list[float], reps: int = 2000, seed: int = 0,

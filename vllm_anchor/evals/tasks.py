@@ -58,7 +58,7 @@ class Sample:
     length: int
     ids: list[int]
     answers: list[str]
-    metric: str = "all"  # scoring.score: "all" = share of answers found, "part" = any found
+    metric: str = "all"  # scoring.score: "all" (share of answers found), "part", "first_line"
     max_tokens: int = 32
     depth: float | None = None  # requested needle depth (0..1), single-needle tasks
     meta: dict[str, Any] = field(default_factory=dict)
@@ -127,11 +127,13 @@ class Haystack:
 
 def fit_with_inserts(hs: Haystack, head: list[int], tail: list[int], length: int,
                      inserts: list[tuple[float, list[int]]], rng: random.Random,
-                     sentences: list[list[int]] | None = None) -> tuple[list[int], list[int]]:
+                     sentences: list[list[int]] | None = None
+                     ) -> tuple[list[int], list[int], list[int]]:
     """``lead + head + haystack(with inserts at depths) + tail`` of exactly ``length`` tokens.
 
     ``inserts`` are ``(depth in [0, 1], token ids)``; each goes to the sentence boundary nearest
-    its depth in the haystack. Returns the IDs and the token offset of each insert (input order).
+    its depth in the haystack. Returns the IDs, the token offset of each insert (input order) and
+    the haystack span ``[start, filler tokens]`` (depth d sits near ``start + d * filler``).
     """
     fixed = len(hs.lead) + len(head) + len(tail) + sum(len(t) for _, t in inserts)
     budget = length - fixed
@@ -166,7 +168,7 @@ def fit_with_inserts(hs: Haystack, head: list[int], tail: list[int], length: int
     body += flat[prev:]
     ids = hs.lead + head + body + tail
     assert len(ids) == length, (len(ids), length)
-    return ids, offsets
+    return ids, offsets, [base, budget]
 
 
 def rand_number(rng: random.Random) -> str:
@@ -211,10 +213,11 @@ def _niah(hs: Haystack, length: int, rng: random.Random, name: str, num_k: int =
         head, question, answer = sing(head), sing(question), sing(answer)
     inserts = [(d, hs.enc(" " + NEEDLE.format(type_v="numbers", key=k, value=v)))
                for d, (k, v) in zip(depths, needles)]
-    ids, offs = fit_with_inserts(hs, hs.enc(head), hs.enc(question + answer), length, inserts, rng)
+    ids, offs, span = fit_with_inserts(hs, hs.enc(head), hs.enc(question + answer), length,
+                                       inserts, rng)
     return Sample(task=name, length=length, ids=ids, answers=answers, metric="all",
                   max_tokens=max_tokens, depth=depths[0] if len(depths) == 1 else None,
-                  meta={"query": query, "needle_offsets": offs,
+                  meta={"query": query, "needle_offsets": offs, "haystack_span": span,
                         "needle_depths": [round(d, 4) for d in depths],
                         "needles": [f"{k}={v}" for k, v in needles]})
 
@@ -274,7 +277,7 @@ def variable_tracking(hs, length, rng, depth=None, num_chains: int = 1, num_hops
         sents.append(noise[i % len(noise)])
         total += len(noise[i % len(noise)])
         i += 1
-    ids, offs = fit_with_inserts(hs, head, tail, length, inserts, rng, sentences=sents)
+    ids, offs, _ = fit_with_inserts(hs, head, tail, length, inserts, rng, sentences=sents)
     return Sample(task="variable_tracking", length=length, ids=ids, answers=chains[0][0],
                   metric="all", max_tokens=30, meta={"query": value, "offsets": offs})
 
@@ -329,9 +332,9 @@ def hard_needle_task(hs, length, rng, depth=None, num_needles: int = 4) -> Sampl
     inserts = [(d, hs.enc(" " + r["sentence"])) for d, r in zip(depths, recs)]
     head = hs.enc("Read the document carefully and answer the question.\n\nDocument:\n")
     tail = hs.enc(f"\n\nQuestion: {ex['question']}\nAnswer:")
-    ids, offs = fit_with_inserts(hs, head, tail, length, inserts, rng)
+    ids, offs, _ = fit_with_inserts(hs, head, tail, length, inserts, rng)
     return Sample(task="hard_needle", length=length, ids=ids, answers=[ex["target"]],
-                  metric="all", max_tokens=32,
+                  metric="first_line", max_tokens=32,
                   meta={"question": ex["question"], "needle_offsets": offs,
                         "confusers": [r["value"] for r in recs if r["value"] != ex["target"]]})
 
