@@ -22,6 +22,7 @@ except ImportError:  # the harness tests skip
 from vllm_anchor.evals import harness, scoring
 from vllm_anchor.evals import tasks as T
 from vllm_anchor.serving import prompts
+from tiny_tokenizer import build_tiny_tokenizer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,25 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tokdir(tmp_path_factory):
-    """A small real byte-level BPE tokenizer trained offline on pydoc text, with a BOS token
-    that the tokenizer prepends (so the leading-special-token path is exercised)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(prompts.pydoc_texts()[:60], trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
-    out = tmp_path_factory.mktemp("tok")
-    fast.save_pretrained(out)
-    return str(out)
+    """The shared tiny BPE tokenizer."""
+    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")

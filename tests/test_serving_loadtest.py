@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 
 from vllm_anchor.serving import client, loadtest, metrics, prompts  # noqa: E402
+from tiny_tokenizer import CHAT_TEMPLATE, build_tiny_tokenizer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_LEN = 50_000  # the fake server's context limit (HTTP 400 above it, like vLLM)
@@ -28,28 +29,8 @@ MAX_LEN = 50_000  # the fake server's context limit (HTTP 400 above it, like vLL
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def tokdir(tmp_path_factory):
-    """A small real byte-level BPE tokenizer (trained here, offline) with BOS and a chat
-    template, saved as a Hugging Face folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    texts = prompts.pydoc_texts()[:60]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
-    fast.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n"
-                          "{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}")
-    out = tmp_path_factory.mktemp("tok")
-    fast.save_pretrained(out)
-    return str(out)
+    """The shared tiny BPE tokenizer with a chat template."""
+    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"), CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
