@@ -1,9 +1,9 @@
 """Public entry points: ``plan_anchor_prefill`` (host, once per batch) + ``anchor_prefill``.
 
-Example (checked in tests/test_kernels_cpu.py)::
+Example (tests/test_kernels_cpu.py does this on random paged batches)::
 
     plan = plan_anchor_prefill(cu_seqlens_q_cpu, seq_lens_cpu, AnchorConfig(), H, Hkv, D, "cuda")
-    out = anchor_prefill(q, kv_cache, block_table, plan, scale=head_dim ** -0.5)
+    out = anchor_prefill(q, kv_cache, block_table, plan, scale=D ** -0.5)
     # with AnchorConfig(theta=float("inf")) ``out`` equals dense causal attention.
 """
 from __future__ import annotations
