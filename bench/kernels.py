@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
+from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill, stripe_density
 from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step
 
 PAGE = 16
@@ -99,14 +98,13 @@ def work(plan, ws, num_heads: int, head_dim: int, n: int):
     heads_per_sel = num_heads // num_sel
     cand = (items[:, 1] - plan.cfg.sink_tokens).double()
     sparse_pairs = float((counts.sum(1) * q_per_item).sum()) * heads_per_sel
-    cand_pairs = float((cand * q_per_item).sum()) * num_heads
     scan_rows = plan.cfg.pools_per_group * heads_per_sel
     return {
         "anchor_flop": 4.0 * head_dim * num_heads * anchor_pairs(n, plan.cfg),
         "stripe_flop": 2.0 * head_dim * scan_rows * num_sel * float(cand.sum()),
         "sparse_flop": 4.0 * head_dim * sparse_pairs,
         "dense_flop": 4.0 * head_dim * num_heads * n * (n + 1) / 2,
-        "stripe_density": sparse_pairs / cand_pairs if cand_pairs else 0.0,
+        "stripe_density": stripe_density(plan, ws.counts),
         "attended_fraction": (anchor_pairs(n, plan.cfg) * num_heads + sparse_pairs) / (num_heads * n * (n + 1) / 2),
     }
 

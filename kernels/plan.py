@@ -149,3 +149,16 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         list_capacity=list_off, num_pools=len(pool_rows),
         items_cpu=items_cpu, item_queries_cpu=torch.tensor(item_q, dtype=torch.int64),
     )
+
+
+def stripe_density(plan: AnchorPlan, counts: torch.Tensor) -> float:
+    """Selected / candidate (query, key) pairs of the chunk, all selector heads together.
+
+    Reads ``counts`` back to the host: one synchronization per layer, on prefill steps only.
+    """
+    cand = (plan.items_cpu[:, 1] - plan.cfg.sink_tokens).to(torch.float64)
+    q = plan.item_queries_cpu.to(torch.float64)
+    total = float((cand * q).sum()) * counts.shape[1]
+    if total == 0:
+        return 0.0
+    return float((counts.cpu().to(torch.float64).sum(1) * q).sum()) / total

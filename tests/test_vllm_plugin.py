@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from vllm_anchor.kernels import AnchorConfig, plan_anchor_prefill
-from vllm_anchor.routing import DensityGuard, first_anchor_request, slice_requests, stripe_density
+from vllm_anchor.kernels import AnchorConfig, plan_anchor_prefill, stripe_density
+from vllm_anchor.routing import DensityGuard, first_anchor_request, slice_requests
 from vllm_anchor.settings import KNOWN_KEYS, AnchorSettings, load_settings, parse_layers
 
 

@@ -27,10 +27,10 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
                                                    FlashAttentionMetadata, FlashAttentionMetadataBuilder)
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
-from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, warm_up
+from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, stripe_density, warm_up
 from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_sparse_step, run_stripe_step
 
-from .routing import DensityGuard, first_anchor_request, slice_requests, stripe_density
+from .routing import DensityGuard, first_anchor_request, slice_requests
 from .settings import AnchorSettings, load_settings
 from .stats import STATS
 

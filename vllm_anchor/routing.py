@@ -5,8 +5,6 @@ from dataclasses import replace
 
 import torch
 
-from vllm_anchor.kernels import AnchorPlan
-
 
 def first_anchor_request(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor,
                          num_decodes: int, min_seq_len: int) -> int:
@@ -49,19 +47,6 @@ def slice_requests(cm, start: int, end: int):
     if cm.positions is not None:
         fields["positions"] = cm.positions[:n_tok]
     return replace(cm, **fields)
-
-
-def stripe_density(plan: AnchorPlan, counts: torch.Tensor) -> float:
-    """Selected / candidate (query, key) pairs of the chunk, all selector heads together.
-
-    Reads ``counts`` back to the host: one synchronization per layer, on prefill steps only.
-    """
-    cand = (plan.items_cpu[:, 1] - plan.cfg.sink_tokens).to(torch.float64)
-    q = plan.item_queries_cpu.to(torch.float64)
-    total = float((cand * q).sum()) * counts.shape[1]
-    if total == 0:
-        return 0.0
-    return float((counts.cpu().to(torch.float64).sum(1) * q).sum()) / total
 
 
 class DensityGuard:
