@@ -266,7 +266,7 @@ def run_smollm2(args):
             fa_out = torch.empty_like(q)
             fa_ms = time_ms(lambda: fa3_prefill(q, kv_cache, bt, n, scale, out=fa_out), budget_s=0.2)
             for theta in args.thetas:
-                cfg = AnchorConfig(theta=theta)
+                cfg = AnchorConfig(theta=theta, **variant(args))
                 plan = plan_anchor_prefill([0, n], [n], cfg, q.shape[1], kv_cache.shape[1], d, "cuda")
                 call = _Call(q, kv_cache, bt, plan, scale)
                 ws = new_workspace(call)
@@ -275,15 +275,29 @@ def run_smollm2(args):
                              budget_s=0.2)
                 w = work(plan, ws, q.shape[1], d, n)
                 rec = recall_sampled(q, k, plan, ws, cfg, scale, n, seed=li)
-                rows.append({"tokens": n, "layer": li, "theta": theta, "fa3_ms": fa_ms, "anchor_ms": ms,
-                             "speedup_vs_fa3": fa_ms / ms, "stripe_density": w["stripe_density"],
-                             "attended_fraction": w["attended_fraction"],
-                             "recall_mean": float(rec.mean()), "recall_p5": float(rec.quantile(0.05)),
-                             "recall_min": float(rec.min()), "rel_err_vs_fa3": rel_err(out, fa_out)})
+                row = {"tokens": n, "layer": li, "theta": theta, "fa3_ms": fa_ms, "anchor_ms": ms,
+                       "speedup_vs_fa3": fa_ms / ms, "stripe_density": w["stripe_density"],
+                       "attended_fraction": w["attended_fraction"],
+                       "recall_mean": float(rec.mean()), "recall_p5": float(rec.quantile(0.05)),
+                       "recall_min": float(rec.min()), "rel_err_vs_fa3": rel_err(out, fa_out)}
+                if args.steps:  # where the time goes, step by step (same workspace, same lists)
+                    row.update(anchor_step_ms=time_ms(lambda: run_anchor_step(call, ws), budget_s=0.05),
+                               stripe_step_ms=time_ms(lambda: run_stripe_step(call, ws), budget_s=0.05),
+                               sparse_step_ms=time_ms(lambda: run_sparse_step(call, ws, out), budget_s=0.05))
+                rows.append(row)
         summary = summarize(rows, n, args.thetas)
         for s in summary:
             print(json.dumps(s), flush=True)
     return rows
+
+
+def variant(args) -> dict:
+    """AnchorConfig fields other than theta given on the command line (the rest: defaults)."""
+    v = {k: getattr(args, k) for k in ("sink_tokens", "local_tokens", "group_size", "pool_block")
+         if getattr(args, k) is not None}
+    if args.no_share_gqa:
+        v["share_gqa"] = False
+    return v
 
 
 def summarize(rows, n, thetas):
@@ -304,6 +318,8 @@ def summarize(rows, n, thetas):
                     "worst_layer": worst["layer"], "worst_layer_recall_mean": worst["recall_mean"],
                     "rel_err_mean": statistics.mean(x["rel_err_vs_fa3"] for x in r),
                     "rel_err_max": max(x["rel_err_vs_fa3"] for x in r)})
+        if "anchor_step_ms" in r[0]:
+            out[-1].update({k: sum(x[k] for x in r) for k in ("anchor_step_ms", "stripe_step_ms", "sparse_step_ms")})
     return out
 
 
@@ -319,6 +335,10 @@ def main(argv=None):
     m.add_argument("--model", required=True)
     m.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
     m.add_argument("--thetas", type=float, nargs="+", default=[8, 10, 12, 14, 16])
+    m.add_argument("--steps", action="store_true", help="also time each step (anchor, stripe, sparse)")
+    for name in ("sink-tokens", "local-tokens", "group-size", "pool-block"):
+        m.add_argument(f"--{name}", type=int, default=None, help="AnchorConfig override (default: its default)")
+    m.add_argument("--no-share-gqa", action="store_true", help="one stripe list per query head")
     for p in (s, m):
         p.add_argument("--out", required=True)
     args = ap.parse_args(argv)

@@ -247,3 +247,21 @@ def test_metrics_appear_on_vllms_own_metrics_route(tmp_path, monkeypatch):
         REGISTRY.unregister(collector)
         for c in earlier:
             REGISTRY.register(c)
+
+
+def test_collector_registered_when_user_sets_stats_dir(tmp_path, monkeypatch):
+    """A user-chosen $VLLM_ANCHOR_STATS_DIR must not cost the /metrics collector."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    from vllm_anchor import metrics
+    from vllm_anchor.stats import STATS_DIR_ENV, AnchorStats
+    monkeypatch.setenv(STATS_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(metrics, "_registered_dir", None)
+    for c in [c for c in list(REGISTRY._collector_to_names) if isinstance(c, metrics.AnchorCollector)]:
+        REGISTRY.unregister(c)
+    assert metrics.ensure_stats_dir_and_collector() == str(tmp_path)
+    stats = AnchorStats()
+    stats.record("model.layers.3.self_attn.attn", density=0.2, fallback=False)
+    stats.flush()
+    text = generate_latest(REGISTRY).decode()
+    assert 'vllm_anchor_prefill_layer_calls_total{layer="model.layers.3.self_attn.attn"} 1.0' in text

