@@ -15,8 +15,16 @@ Stripes are selected exactly as the kernels do: per query group, from the whole 
 queries and anchors (``reference.anchor_step`` + ``reference.stripe_step``); recall and error are
 then evaluated on a few contiguous query blocks sampled in each group (memory-safe).
 
-The recommendation is the smallest theta (the sparsest) whose mean recall over layers is at least
-``--target-recall`` and whose worst layer's mean recall is at least ``--floor``.
+Every layer is measured with the softmax scale its attention module really uses (the ``scaling``
+it hands to the attention function: Gemma-3 uses ``query_pre_attn_scalar ** -0.5``, not
+necessarily ``1/sqrt(head_dim)``), on Q/K after any q/k norm and RoPE. Layers that the vLLM
+backend runs with stock attention (sliding-window layers, e.g. Gemma-3's 5-of-6 local layers;
+logit soft-cap) are reported under ``skipped_layers`` and measured nowhere; their own forward uses
+a chunked sliding-window attention (exactly transformers' window, never a full S x S mask).
+
+The recommendation is the smallest theta (the sparsest) whose mean recall over the anchored layers
+is at least ``--target-recall`` and whose worst anchored layer's mean recall is at least
+``--floor``.
 
 ``vllm-anchor calibrate [--model DIR] [--lengths 2048 4096] [--thetas 8 10 12 14 16] ...``
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -65,45 +74,122 @@ def corpus_ids(tokenizer, n: int, corpus: str = "auto") -> list[int]:
     return ids[:n]
 
 
-def load_model(model_dir: str, device: str, dtype: torch.dtype, yarn: bool | None, max_len: int):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.modeling_utils import AttentionInterface
+SLIDING_REASON = "sliding window: stock attention"
+SOFTCAP_REASON = "logit soft-cap: stock attention"
 
-    store: dict = {"captured": [], "layers": None}
+
+def sliding_window_attention(query, key, value, scaling: float, window: int, chunk: int = 512):
+    """Causal sliding-window attention, query chunk by query chunk (never an ``S x S`` mask).
+
+    Query ``i`` sees keys ``i - window < j <= i`` (transformers' ``sliding_window_overlay``).
+    ``query`` [B, H, S, D], ``key``/``value`` [B, Hkv, S, D]; returns ``[B, S, H, D]`` like
+    transformers' attention functions.
+    """
+    import torch.nn.functional as F
+    b, h, n, d = query.shape
+    rep = h // key.shape[1]
+    out = query.new_empty(b, n, h, value.shape[-1])
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        k0 = max(0, s - window + 1)
+        i = torch.arange(s, e, device=query.device)[:, None]
+        j = torch.arange(k0, e, device=query.device)[None, :]
+        mask = (j <= i) & (j > i - window)
+        o = F.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, k0:e].repeat_interleave(rep, 1),
+            value[:, :, k0:e].repeat_interleave(rep, 1), attn_mask=mask, scale=scaling)
+        out[:, s:e] = o.transpose(1, 2)
+    return out, None
+
+
+def make_capture(store: dict):
+    """The attention function registered as ``anchor_calibrate``: records, per layer, the scale
+    and the reason the vLLM backend would run it with stock attention, keeps the post-RoPE Q/K/V
+    of the requested anchored layers, and computes the layer's attention (sdpa)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def capture(module, query, key, value, attention_mask, **kw):
-        # [B, H, S, D] -> [S, H, D]; K/V keep their KV heads (GQA not expanded)
-        idx = len(store["captured"])
-        if store["layers"] is None or idx in store["layers"]:
-            store["captured"].append(tuple(t[0].transpose(0, 1).to("cpu", torch.float32)
-                                           .contiguous() for t in (query, key, value)))
-        else:
-            store["captured"].append(None)
+        idx = getattr(module, "layer_idx", None)
+        if idx is None:  # models without layer_idx call their layers in order
+            idx = len(store["info"])
+        scaling = kw.get("scaling")
+        if scaling is None:
+            scaling = getattr(module, "scaling", None)
+        if scaling is None:
+            scaling = query.shape[-1] ** -0.5
+        window = kw.get("sliding_window")
+        softcap = kw.get("softcap") or getattr(module, "attn_logit_softcapping", None)
+        info = {"layer": int(idx), "scale": float(scaling), "num_heads": int(query.shape[1]),
+                "num_kv_heads": int(key.shape[1]), "head_dim": int(query.shape[-1])}
+        if window is not None:
+            info.update(skipped=SLIDING_REASON, sliding_window=int(window))
+        elif softcap:
+            info.update(skipped=SOFTCAP_REASON, softcap=float(softcap))
+        store["info"][int(idx)] = info
+        if "skipped" not in info and (store["layers"] is None or idx in store["layers"]):
+            # [B, H, S, D] -> [S, H, D]; K/V keep their KV heads (GQA not expanded)
+            store["captured"][int(idx)] = tuple(
+                t[0].transpose(0, 1).to("cpu", torch.float32).contiguous()
+                for t in (query, key, value))
+        if window is not None and attention_mask is None:
+            # no mask is built for a custom attention function: apply the window here
+            return sliding_window_attention(query, key, value, float(scaling), int(window))
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
 
-    AttentionInterface.register("anchor_calibrate", capture)
+    return capture
+
+
+def yarn_rope(cfg, native: int) -> dict:
+    """``cfg.rope_parameters`` with YaRN x4 on global attention, keeping the model's own
+    ``rope_theta``. Per-layer-type parameters (Gemma-3) get YaRN on ``full_attention`` only: the
+    sliding-window layers never see distances beyond their window."""
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+
+    def one(p: dict) -> dict:
+        return {**YARN, "rope_theta": float(p.get("rope_theta", YARN["rope_theta"])),
+                "original_max_position_embeddings": native or YARN[
+                    "original_max_position_embeddings"]}
+
+    if rope and all(isinstance(v, dict) for v in rope.values()):
+        if "full_attention" not in rope:
+            raise ValueError(f"cannot apply YaRN to per-layer RoPE parameters {sorted(rope)}")
+        return {**rope, "full_attention": one(rope["full_attention"])}
+    return one(rope or {"rope_theta": getattr(cfg, "rope_theta", YARN["rope_theta"])})
+
+
+def load_model(model_dir: str, device: str, dtype: torch.dtype, yarn: bool | None, max_len: int):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_utils import AttentionInterface
+
+    store: dict = {"captured": {}, "info": {}, "layers": None}
+    AttentionInterface.register("anchor_calibrate", make_capture(store))
     tok = AutoTokenizer.from_pretrained(model_dir)
     cfg = AutoConfig.from_pretrained(model_dir)
     native = int(getattr(cfg, "max_position_embeddings", 0) or 0)
     if yarn is None:  # default: YaRN x4 when the longest length exceeds the native context
         yarn = max_len > native
+    rope = None
     if yarn:
-        cfg.rope_parameters = dict(YARN)
+        rope = yarn_rope(cfg, native)
+        cfg.rope_parameters = rope
         cfg.max_position_embeddings = max(32768, max_len)
     model = AutoModelForCausalLM.from_pretrained(model_dir, config=cfg, dtype=dtype,
                                                  attn_implementation="anchor_calibrate")
     model = model.to(device).eval()
+    store["rope"] = rope
     return model, tok, store, bool(yarn)
 
 
 def capture_qkv(model, store, ids: list[int], device: str, layers: set[int] | None):
-    store["captured"], store["layers"] = [], layers
+    """One forward over ``ids``: ``({layer: (q, k, v)}, {layer: info})`` with ``[S, H(kv), D]``
+    float32 tensors for the requested anchored layers and the info (scale, heads, skip reason) of
+    every layer."""
+    store["captured"], store["info"], store["layers"] = {}, {}, layers
     with torch.no_grad():
         model(torch.tensor([ids], device=device), use_cache=False, logits_to_keep=1)
-    out = store["captured"]
-    store["captured"] = []
-    return out
+    out, info = store["captured"], store["info"]
+    store["captured"], store["info"] = {}, {}
+    return out, info
 
 
 # --------------------------------------------------------------------------- metrics
@@ -211,8 +297,15 @@ def layer_metrics(q, k, v, thetas, base: AnchorConfig, scale: float, samples_per
 
 
 def recommend(per_theta: dict[float, dict], target: float, floor: float) -> dict:
-    """``per_theta[theta] = {"layers": [layer rows]}``: the smallest theta meeting both bars."""
+    """``per_theta[theta] = [rows of the anchored layers]``: the smallest theta meeting both bars.
+
+    Only anchored layers count: layers that run stock attention (sliding window) are not in
+    ``per_theta`` and can neither lower the mean nor be the worst layer."""
     rows = []
+    if not any(per_theta.values()):
+        return {"theta": None, "met": False, "at_sweep_edge": False, "target_recall": target,
+                "floor": floor, "summary": [],
+                "note": "no anchored layer (every measured layer runs stock attention)"}
     for theta in sorted(per_theta):
         layers = per_theta[theta]
         rec = [x["recall_mean"] for x in layers]
@@ -234,8 +327,8 @@ def recommend(per_theta: dict[float, dict], target: float, floor: float) -> dict
                      "smallest theta with mean recall >= target and worst layer >= floor")}
 
 
-def heatmap(path: str, table: list[list[float]], thetas: list[float], layer_ids: list[int],
-            title: str) -> None:
+def heatmap(path: str, table: list[list[float]], thetas: list[float], layer_ids: list,
+            title: str, ylabel: str = "layer") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -248,7 +341,7 @@ def heatmap(path: str, table: list[list[float]], thetas: list[float], layer_ids:
     ax.set_xticks(range(len(thetas)), [f"{t:g}" for t in thetas])
     ax.set_yticks(range(len(layer_ids)), [str(i) for i in layer_ids])
     ax.set_xlabel("theta (nats)")
-    ax.set_ylabel("layer")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     for i in range(arr.shape[0]):
         for j in range(arr.shape[1]):
@@ -271,28 +364,43 @@ def calibrate(model_dir: str, lengths: list[int], thetas: list[float], base: Anc
     ids_all = corpus_ids(tok, max(lengths), corpus)
     num_layers = model.config.num_hidden_layers
     layer_ids = sorted(set(layers)) if layers else list(range(num_layers))
+    bad = [i for i in layer_ids if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"--layers {bad}: the model has layers 0..{num_layers - 1}")
     results = []
+    anchored: list[int] = []
+    skipped: list[dict] = []
     for n in lengths:
         t1 = time.time()
-        cap = capture_qkv(model, store, ids_all[:n], device, set(layer_ids))
-        log(f"[calibrate] n={n}: forward + capture {time.time() - t1:.1f}s")
+        cap, info = capture_qkv(model, store, ids_all[:n], device, set(layer_ids))
+        t_fwd = time.time() - t1
+        log(f"[calibrate] n={n}: forward + capture {t_fwd:.1f}s")
+        anchored = [li for li in layer_ids if li in cap]
+        skipped = [{"layer": li, "reason": info[li]["skipped"],
+                    **{k: info[li][k] for k in ("sliding_window", "softcap") if k in info[li]}}
+                   for li in layer_ids if "skipped" in info.get(li, {})]
+        if skipped and n == lengths[0]:
+            log(f"[calibrate] not anchored (stock attention in vLLM), not measured: layers "
+                f"{[x['layer'] for x in skipped]} ({skipped[0]['reason']})")
         per_theta: dict[float, list] = {float(t): [] for t in thetas}
-        for li in layer_ids:
+        for li in anchored:
             q, k, v = cap[li]
-            scale = q.shape[-1] ** -0.5
+            scale = info[li]["scale"]  # the module's own softmax scale
             m = layer_metrics(q, k, v, thetas, base, scale, samples_per_group, block,
                               seed=seed * 100003 + li * 131 + n)
             for t, row in m.items():
-                per_theta[t].append({"layer": li, **row})
+                per_theta[t].append({"layer": li, "scale": scale, **row})
             cap[li] = None
         rec = recommend(per_theta, target, floor)
         results.append({"tokens": n, "recommendation": rec,
-                        "layers": {f"{t:g}": rows for t, rows in per_theta.items()}})
-        log(f"[calibrate] n={n}: {len(layer_ids)} layers x {len(thetas)} thetas in "
+                        "layers": {f"{t:g}": rows for t, rows in per_theta.items()},
+                        "seconds": {"forward": round(t_fwd, 1),
+                                    "total": round(time.time() - t1, 1)}})
+        log(f"[calibrate] n={n}: {len(anchored)} anchored layers x {len(thetas)} thetas in "
             f"{time.time() - t1:.1f}s; recommended theta={rec['theta']}")
     # overall: a theta must meet the bars at every length
     overall = None
-    for t in sorted(float(x) for x in thetas):
+    for t in (sorted(float(x) for x in thetas) if anchored else []):
         if all(any(r["theta"] == t and r["mean_recall"] >= target
                    and r["worst_layer_recall"] >= floor for r in res["recommendation"]["summary"])
                for res in results):
@@ -300,15 +408,20 @@ def calibrate(model_dir: str, lengths: list[int], thetas: list[float], base: Anc
             break
     return {
         "model": str(model_dir), "device": device, "dtype": str(dtype).replace("torch.", ""),
-        "yarn": YARN if yarn_on else None, "corpus": corpus, "lengths": lengths,
-        "thetas": [float(t) for t in thetas], "layers": layer_ids,
+        "yarn": store.get("rope") if yarn_on else None, "corpus": corpus, "lengths": lengths,
+        "thetas": [float(t) for t in thetas],
+        # rows of every per-theta table: the anchored layers only
+        "layers": anchored,
+        "skipped_layers": skipped,
         "config": {f: getattr(base, f) for f in base.field_names() if f != "theta"},
         "sampling": {"query_blocks_per_group": max(1, samples_per_group // block),
                      "block": block, "seed": seed},
         "target_recall": target, "floor": floor,
         "recommended_theta": overall,
         "recommendation_note": (
-            "no theta met both bars at every length: extend --thetas upward" if overall is None
+            "no anchored layer: every measured layer runs stock attention" if not anchored
+            else "no theta met both bars at every length: extend --thetas upward"
+            if overall is None
             else "the smallest theta of the sweep: a smaller one may also meet both bars"
             if overall == min(float(t) for t in thetas) else
             "smallest theta meeting mean recall >= target and worst layer >= floor at every "
@@ -372,18 +485,38 @@ def main(argv: list[str] | None = None) -> int:
                     layers=args.layers, target=args.target_recall, floor=args.floor,
                     yarn=args.yarn, seed=args.seed,
                     log=lambda m: print(m, file=sys.stderr, flush=True))
+    import platform
+
+    import transformers
+    res["command"] = shlex.join(["vllm-anchor", "calibrate", *(
+        sys.argv[1:] if argv is None else argv)])
+    res["env"] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                  "threads": torch.get_num_threads(), "machine": platform.machine(),
+                  "processor": platform.processor() or None}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = args.png or str(out.with_suffix(".png"))
-    res["heatmap"] = png
+    res["heatmap"] = png if res["layers"] else None
     out.write_text(json.dumps(res, indent=1))
-    last = res["results"][-1]
     thetas = [float(t) for t in args.thetas]
-    table = [[last["layers"][f"{t:g}"][i]["recall_mean"] for t in thetas]
-             for i in range(len(res["layers"]))]
-    heatmap(png, table, thetas, res["layers"],
-            f"{Path(res['model']).name} @ {last['tokens']} tokens\nmean attention-mass recall; "
-            f"recommended theta = {res['recommended_theta']}")
+    # every length when the rows stay readable (a few anchored layers), else the longest only
+    shown = (res["results"] if len(res["results"]) * len(res["layers"]) <= 32
+             else res["results"][-1:])
+    table = [[r["layers"][f"{t:g}"][i]["recall_mean"] for t in thetas]
+             for r in shown for i in range(len(res["layers"]))]
+    labels = [f"{r['tokens']}: {li}" if len(shown) > 1 else li
+              for r in shown for li in res["layers"]]
+    note = (f"\n{len(res['skipped_layers'])} layers not anchored (stock attention: "
+            f"{res['skipped_layers'][0]['reason'].split(':')[0]}), not shown"
+            if res["skipped_layers"] else "")
+    if table:
+        heatmap(png, table, thetas, labels,
+                f"{Path(res['model']).name} @ {'/'.join(str(r['tokens']) for r in shown)} "
+                f"tokens\nmean attention-mass recall; recommended theta = "
+                f"{res['recommended_theta']}{note}",
+                ylabel="tokens: layer" if len(shown) > 1 else "layer")
+    for x in res["skipped_layers"]:
+        print(f"layer {x['layer']:3d}: skipped ({x['reason']})")
     for r in res["results"]:
         for s in r["recommendation"]["summary"]:
             print(f"n={r['tokens']:6d} theta={s['theta']:5g} mean_recall={s['mean_recall']:.4f} "
@@ -391,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"stripe_density={s['mean_stripe_density']:.4f} "
                   f"attended={s['mean_attended_fraction']:.4f} rel_err={s['mean_rel_err']:.3e}")
     print(f"recommended theta: {res['recommended_theta']} ({res['recommendation_note']}); "
-          f"wrote {out} and {png}")
+          f"wrote {out}" + (f" and {png}" if table else ""))
     return 0
 
 
