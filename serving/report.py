@@ -1,7 +1,8 @@
 """Tables, JSON and PNG plots of load-test results.
 
 A *run* is a list of per-prompt-length summaries (dicts from :func:`metrics.summarize` with an
-``input_len`` key); an A/B comparison is a dict ``label -> run``.
+``input_len`` key); an A/B comparison is a dict ``label -> run``.  A mixed run (``--mix``) adds an
+*overall* summary of all its requests, shown as the row ``all``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ COLUMNS = [  # (header, key, format)
 def _fmt(fmt: str, value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     if isinstance(value, float) and math.isnan(value):
         return "nan"
     return fmt.format(value)
@@ -43,10 +46,12 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def format_run(run: list[dict], title: str = "") -> str:
-    """Times in ms; one row per prompt length, then the errors by kind."""
-    cols = [c for c in COLUMNS if all(c[1] in s for s in run)]
-    rows = [[_fmt(f, s.get(k)) for _, k, f in cols] for s in run]
+def format_run(run: list[dict], title: str = "", overall: dict | None = None) -> str:
+    """Times in ms; one row per prompt length (and ``all`` for ``overall``), then the errors
+    by kind."""
+    shown = run + ([{**overall, "input_len": "all"}] if overall else [])
+    cols = [c for c in COLUMNS if all(c[1] in s for s in shown)]
+    rows = [[_fmt(f, s.get(k)) for _, k, f in cols] for s in shown]
     text = (title + "\n" if title else "") + _table([c[0] for c in cols], rows)
     errs = []
     for s in run:
@@ -105,6 +110,23 @@ def format_comparison(runs: dict[str, list[dict]]) -> str:
         body.append(cells)
     return (f"TTFT/ITL in ms; speedup = other's mean TTFT / {labels[0]}'s\n"
             + _table(headers, body))
+
+
+def format_memory(growth: dict, title: str = "server memory") -> str:
+    """The ``memory_growth`` block of a run with --watch-pid (MiB)."""
+    def num(v, sign=""):
+        return "-" if v is None else f"{v:{sign}.1f}"
+
+    pids = ",".join(str(p) for p in growth.get("pids", []))
+    lines = [f"{title} (MiB; pid {pids}, {growth['samples']} samples every "
+             f"{growth['interval_s']:g} s; growth = mean of the last 20% - first 20% of the "
+             f"{growth['steady_samples']} after warm-up, t >= {growth['warmup_end_s']:.1f} s)"]
+    for name, key in (("RSS", "rss"), ("GPU", "gpu")):
+        lines.append(f"  {name}  first {num(growth[f'{key}_first_mb'])}  last "
+                     f"{num(growth[f'{key}_last_mb'])}  max {num(growth.get(f'{key}_max_mb'))}  "
+                     f"growth {num(growth[f'{key}_growth_mb'], '+')}")
+    lines += [f"  note: {e}" for e in growth.get("errors", [])]
+    return "\n".join(lines)
 
 
 def _len_label(n: int) -> str:

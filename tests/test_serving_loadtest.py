@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -474,3 +475,226 @@ def test_kjv_text_is_read_without_importing_the_package():
     joined = "".join(texts)
     assert joined.startswith("In the beginning God created the heaven and the earth.")
     assert len(joined) > 4_000_000 and "Lord Jesus Christ" in joined[-300:]
+
+
+# --------------------------------------------------------------------------- mixed traffic (soak)
+def mix_run(url: str, *extra: str) -> dict:
+    args = loadtest.parse_args(["--base-url", url, "--no-progress", "--num-warmups", "0", *extra])
+    return asyncio.run(loadtest.run_bench(args))
+
+
+def test_mix_draws_weighted_lengths_with_exact_fresh_prompts(server):
+    res = mix_run(server.url, "--mix", "3000:1,500:3", "--num-prompts", "80", "--concurrency", "8",
+                  "--output-len", "1", "--seed", "3")
+    sent = [r["prompt"] for r in server.requests]
+    lens = [len(p) for p in sent]
+    assert len(sent) == 80 and set(lens) == {3000, 500}  # exact token lengths, both drawn
+    assert 8 <= lens.count(3000) <= 34, lens.count(3000)  # ~20 of 80 (binomial sd 3.9)
+    assert len({tuple(p[:17]) for p in sent}) == 80  # a fresh prefix per request
+    by_len = {s["input_len"]: s for s in res["results"]}
+    assert sorted(by_len) == [500, 3000] and by_len[500]["mix_weight"] == 3.0
+    for n, s in by_len.items():
+        assert s["completed"] == lens.count(n) and s["failed"] == 0
+        assert s["input_lens"] == [n] * s["completed"]
+    assert res["overall"]["completed"] == 80 and "ttfts" not in res["overall"]
+    assert res["mix"] == [{"input_len": 3000, "weight": 1.0}, {"input_len": 500, "weight": 3.0}]
+    # the sequence is seeded: a second run sends the same prompts
+    first = sorted(map(tuple, sent))
+    server.reset()
+    mix_run(server.url, "--mix", "3000:1,500:3", "--num-prompts", "80", "--concurrency", "8",
+            "--output-len", "1", "--seed", "3")
+    assert sorted(tuple(r["prompt"]) for r in server.requests) == first
+
+
+def test_mix_per_length_metrics_match_injected_delays(server):
+    server.reset(ttft_base=0.05, ttft_per_1k=0.02, itl=0.02)
+    res = mix_run(server.url, "--mix", "6000:1,1000:1", "--num-prompts", "16", "--concurrency",
+                  "4", "--output-len", "4", "--seed", "1")
+    by_len = {s["input_len"]: s for s in res["results"]}
+    for n, s in by_len.items():
+        expect = ms(0.05 + 0.02 * n / 1000)  # 170 ms and 70 ms
+        assert s["completed"] >= 3 and s["failed"] == 0, (n, s["completed"])
+        assert expect - 2 <= s["mean_ttft_ms"] <= expect + 45, (n, s["mean_ttft_ms"])
+        assert expect - 2 <= s["median_ttft_ms"] <= s["p90_ttft_ms"] <= s["p99_ttft_ms"]
+        assert s["p99_ttft_ms"] <= expect + 80
+        assert 18 <= s["mean_itl_ms"] <= 45 and 18 <= s["mean_tpot_ms"] <= 45
+        assert s["duration"] == res["overall"]["duration"]  # throughputs over the whole run
+    o = res["overall"]
+    assert o["completed"] == 16 and o["failed"] == 0
+    assert by_len[1000]["mean_ttft_ms"] < o["mean_ttft_ms"] < by_len[6000]["mean_ttft_ms"]
+    for key in VLLM_KEYS:
+        if key not in loadtest.PER_REQUEST_KEYS:
+            assert key in o, key
+
+
+def test_mix_duration_stops_sending(server):
+    server.reset(ttft_base=0.1, itl=0.01)
+    t0 = time.perf_counter()
+    res = mix_run(server.url, "--mix", "2000:1,300:3", "--num-prompts", "0", "--duration", "0.6",
+                  "--concurrency", "4", "--output-len", "2")
+    elapsed = time.perf_counter() - t0
+    o = res["overall"]
+    # ~4 in flight * 0.6 s / 0.11 s each; the ones in flight at the limit are waited for
+    assert 8 <= o["completed"] <= 40 and o["failed"] == 0, o["completed"]
+    assert len(server.requests) == o["completed"] and server.peak <= 4
+    assert 0.6 <= o["duration"] <= 1.2 and elapsed < 5
+    assert res["num_prompts"] == 0 and res["duration_limit_s"] == 0.6
+    # --num-prompts bounds a timed run too
+    server.reset(ttft_base=0.01)
+    res = mix_run(server.url, "--mix", "2000:1,300:3", "--num-prompts", "5", "--duration", "30",
+                  "--concurrency", "2", "--output-len", "1")
+    assert res["overall"]["completed"] == 5 and len(server.requests) == 5
+
+
+def test_mix_errors_counted_by_kind_per_length(server):
+    modes = ["ok", "500", "drop", "nodone", "hang", "ok"]
+    server.reset(modes=modes, itl=0.01)
+    res = mix_run(server.url, "--mix", f"{MAX_LEN + 10000}:1,800:2", "--num-prompts", "12",
+                  "--concurrency", "1", "--output-len", "4", "--timeout", "0.7")
+    kind = {"ok": None, "500": "http_5xx", "drop": "dropped_stream",
+            "nodone": "dropped_stream", "hang": "timeout"}
+    expect: dict = {}
+    for i, body in enumerate(server.requests):  # one at a time: the server saw them in order
+        n = len(body["prompt"])
+        k = "http_4xx" if n > MAX_LEN else kind[modes[i % len(modes)]]
+        expect.setdefault(n, {}).setdefault(k, 0)
+        expect[n][k] += 1
+    assert len(server.requests) == 12 and set(expect) == {MAX_LEN + 10000, 800}
+    for s in res["results"]:
+        want = expect[s["input_len"]]
+        assert s["completed"] == want.get(None, 0)
+        assert {k: v for k, v in s["error_counts"].items() if v} == {
+            k: v for k, v in want.items() if k}, (s["input_len"], s["error_counts"], want)
+    long_ = next(s for s in res["results"] if s["input_len"] > MAX_LEN)
+    assert "maximum context length" in long_["error_examples"]["http_4xx"]
+    total = {k: sum(s["error_counts"][k] for s in res["results"]) for k in client.ERROR_KINDS}
+    assert res["overall"]["error_counts"] == total and res["overall"]["failed"] == sum(
+        total.values())
+
+
+def test_watch_pid_samples_memory_of_process_trees(server):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    server.reset(ttft_base=0.05)
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(40 << 20); "
+                              "time.sleep(20)"])
+    short = None
+    try:
+        time.sleep(0.2)
+        res = mix_run(server.url, "--mix", "1000:1,200:1", "--num-prompts", "0",
+                      "--duration", "1.0", "--concurrency", "2", "--output-len", "1",
+                      "--num-warmups", "1", "--watch-pid", str(os.getpid()),
+                      "--watch-interval", "0.1")
+        samples, growth = res["memory_samples"], res["memory_growth"]
+        assert len(samples) >= 6 and all(s["rss_mb"] > 0 for s in samples)
+        assert [s["t_s"] for s in samples] == sorted(s["t_s"] for s in samples)
+        assert all(s["procs"] >= 2 for s in samples)  # this process and its child
+        assert growth["rss_first_mb"] > 40 and growth["rss_max_mb"] >= growth["rss_last_mb"]
+        assert isinstance(growth["rss_growth_mb"], float) and growth["warmup_end_s"] > 0
+        assert growth["steady_samples"] < growth["samples"]  # the warm-up's are not judged
+        if shutil.which("nvidia-smi") is None:
+            assert all(s["gpu_mb"] is None for s in samples) and growth["gpu_growth_mb"] is None
+            assert any("nvidia-smi" in e for e in growth["errors"])
+        # a process that exits mid-run (left unreaped: a zombie) and one already gone: the
+        # run goes on, with what could be read
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+        res = mix_run(server.url, "--mix", "1000:1,200:1", "--num-prompts", "0",
+                      "--duration", "1.0", "--concurrency", "2", "--output-len", "1",
+                      "--watch-pid", str(short.pid), "--watch-pid", str(gone.pid),
+                      "--watch-interval", "0.1")
+        samples, growth = res["memory_samples"], res["memory_growth"]
+        assert res["overall"]["completed"] > 0 and res["overall"]["failed"] == 0
+        assert samples[0]["rss_mb"] > 0 and samples[-1]["rss_mb"] is None
+        assert samples[-1]["procs"] == 0 and growth["rss_first_mb"] > 0
+        for pid in (short.pid, gone.pid):
+            assert any(f"pid {pid}: no such process" in e for e in growth["errors"]), pid
+    finally:
+        child.kill()
+        child.wait()
+        if short is not None:
+            short.wait()
+
+
+def test_watch_pid_without_mix_and_printed(server, tmp_path, capsys):
+    import os
+    rc = loadtest.main(["--base-url", server.url, "--input-lens", "500", "--num-prompts", "3",
+                        "--output-len", "1", "--no-progress", "--watch-pid", str(os.getpid()),
+                        "--watch-interval", "0.05", "--result-dir", str(tmp_path),
+                        "--result-filename", "m.json", "--no-plot"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["memory_samples"][0]["rss_mb"] > 0 and data["memory_growth"]["rss_last_mb"] > 0
+    assert "server memory" in out and "RSS  first" in out
+
+
+def test_mix_ab_mode_json_table_and_png(servers, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    fast, slow = servers
+    fast.reset(ttft_base=0.02, ttft_per_1k=0.0)
+    slow.reset(ttft_base=0.02, ttft_per_1k=0.05)
+    rc = loadtest.main(["--base-url", fast.url, "--compare-url", slow.url, "--labels",
+                        "anchor,stock", "--mix", "2000:1,300:1", "--num-prompts", "8",
+                        "--concurrency", "1", "--output-len", "2", "--no-progress",
+                        "--result-dir", str(tmp_path), "--result-filename", "mix.json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    data = json.loads((tmp_path / "mix.json").read_text())
+    # both servers got the same sequence (1 warm-up per length, then the 8 drawn requests)
+    assert [r["prompt"] for r in fast.requests] == [r["prompt"] for r in slow.requests]
+    assert len(fast.requests) == 10
+    for lab in ("anchor", "stock"):
+        run_ = data["runs"][lab]
+        assert [s["input_len"] for s in run_["results"]] == [2000, 300]
+        assert run_["overall"]["completed"] == 8
+    rows = {r["input_len"]: r for r in data["comparison"]}
+    assert 2.5 <= rows[2000]["ttft_speedup_anchor_vs_stock"] <= 6.5, rows[2000]
+    assert 1.2 <= rows[300]["ttft_speedup_anchor_vs_stock"] <= 2.6, rows[300]
+    assert "mixed: 2000:1, 300:1" in out
+    assert len(re.findall(r"^\s*all\s+8\s+0\s", out, re.M)) == 2  # the overall rows
+    _check_png(tmp_path / "mix.png")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mix", "128K"], "is not LEN:WEIGHT"),
+    (["--mix", "128K:1,512:x"], "is not a number"),
+    (["--mix", "12q:1"], "not a token count"),
+    (["--mix", "512:-1"], "a weight must be a number >= 0"),
+    (["--mix", "128K:0,512:0"], "sum to 0"),
+    (["--mix", "512:1,512:2"], "given twice"),
+    (["--mix", "512:1", "--input-lens", "8k"], "drop --input-lens"),
+    (["--num-prompts", "0"], "needs --mix and --duration"),
+    (["--mix", "512:1", "--num-prompts", "0"], "needs --mix and --duration"),
+    (["--mix", "512:1", "--num-prompts", "0", "--duration", "5", "--concurrency", "0"],
+     "finite --request-rate"),
+    (["--watch-pid", "1", "--watch-interval", "0"], "--watch-interval must be > 0"),
+])
+def test_mix_and_watch_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        loadtest.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err, err
+
+
+def test_mix_parse_and_memory_growth_units():
+    assert loadtest._mix("128K:1, 512:7") == [(131072, 1.0), (512, 7.0)]
+    assert loadtest._mix("8k:0.5,1K:0") == [(8000, 0.5), (1024, 0.0)]
+    args = loadtest.parse_args(["--output-len", "3"])
+    for ids in ([], [7], list(range(10_000))):  # the ID list is encoded in pieces
+        body = json.loads(loadtest.make_body(prompts.Prompt(len(ids), len(ids), ids=ids), "m",
+                                             args))
+        assert body["prompt"] == ids and body["model"] == "m" and body["max_tokens"] == 3
+    from vllm_anchor.serving import memwatch
+    w = memwatch.MemoryWatcher([1], interval=1.0, gpu=False)
+    rss = [900.0, 1000, 1000, 1000, 1000, 1000, 1010, 1020, 1030, 1040, 1050]
+    w.samples = [{"t_s": float(i), "rss_mb": v, "gpu_mb": None, "procs": 1}
+                 for i, v in enumerate(rss)]
+    w.steady_from = 1.0  # the first sample was before the warm-up
+    g = w.summary()
+    assert g["rss_first_mb"] == 1000 and g["rss_last_mb"] == 1050 and g["rss_max_mb"] == 1050
+    assert g["rss_growth_mb"] == pytest.approx(1045 - 1000)  # last 2 of 10 minus first 2
+    assert g["gpu_first_mb"] is None and g["gpu_growth_mb"] is None
