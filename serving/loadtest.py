@@ -405,6 +405,15 @@ async def run_bench(args) -> dict:
             if not model:
                 raise UnreachableServer(f"{url}/v1/models lists no model; pass --model")
             models.append((model, listed[0].get("root") if listed else None))
+            card = next((m for m in listed if m.get("id") == model), None) or {}
+            limit = card.get("max_model_len")
+            lens_needed = [n for n, _ in args.mix] if args.mix else (args.input_lens or _lengths(DEFAULT_LENS))
+            too_long = [n for n in lens_needed if limit and n + args.output_len > limit]
+            if too_long:  # every such request would come back HTTP 400: say so once, up front
+                raise ValueError(
+                    f"{url} serves {model} with max_model_len={limit}; prompt length(s) "
+                    f"{', '.join(map(str, too_long))} + --output-len {args.output_len} exceed it "
+                    "(use shorter --input-lens/--mix lengths or a larger --max-model-len)")
         # default tokenizer: the folder the server loaded (vLLM's /v1/models "root"); when
         # that is no folder here, load_tokenizer's error asks for --tokenizer
         tok_path = args.tokenizer or models[0][1] or models[0][0]
@@ -446,7 +455,7 @@ async def run_bench(args) -> dict:
 
     date = datetime.now().strftime("%Y%m%d-%H%M%S")
     common = {
-        "date": date, "backend": "openai-chat" if chat else "openai",
+        "date": date, "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]), "backend": "openai-chat" if chat else "openai",
         "endpoint_type": "openai-chat" if chat else "openai", "endpoint": args.endpoint,
         "tokenizer_id": tok_path, "num_prompts": args.num_prompts,
         "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
@@ -504,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     for title, growth in _memory_of(result):
         print(report.format_memory(growth, title=title))
     name = args.result_filename or f"vllm-anchor-bench-{result['date']}.json"
+    if not name.endswith(".json"):
+        name += ".json"  # the plot takes the same name with .png
     path = report.write_json(Path(args.result_dir) / name, result)
     print(f"results: {path}")
     if not args.no_plot:

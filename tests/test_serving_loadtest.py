@@ -81,8 +81,10 @@ class FakeServer:
         async def models(request: Request):
             if (r := unauthorized(request)) is not None:
                 return r
-            return {"object": "list", "data": [{"id": "fake-model", "object": "model",
-                                                "root": srv.tokdir}]}
+            card = {"id": "fake-model", "object": "model", "root": srv.tokdir}
+            if srv.behavior.get("advertise_max_len"):
+                card["max_model_len"] = MAX_LEN  # as vLLM's model card does
+            return {"object": "list", "data": [card]}
 
         async def handle(request: Request, chat: bool):
             if (r := unauthorized(request)) is not None:
@@ -333,6 +335,15 @@ def test_unreachable_server_message(capsys):
     assert rc == 2 and "cannot reach the server" in err and str(port) in err
 
 
+def test_prompt_longer_than_server_limit_is_refused_up_front(server, capsys, tmp_path):
+    server.behavior["advertise_max_len"] = True
+    rc = loadtest.main(["--base-url", server.url, "--input-lens", "1000,60000", "--output-len", "16",
+                        "--no-progress", "--result-dir", str(tmp_path), "--no-plot"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "max_model_len=50000" in err and "60000" in err
+    assert server.requests == []  # nothing was sent
+
+
 def test_http_400_message_is_printed(server, capsys, tmp_path):
     rc = loadtest.main(["--base-url", server.url, "--input-lens", "60000", "--num-prompts", "2",
                         "--num-warmups", "1", "--no-progress", "--result-dir", str(tmp_path),
@@ -376,10 +387,11 @@ def test_main_writes_json_table_and_png(server, tmp_path, capsys):
     server.reset(ttft_base=0.02, ttft_per_1k=0.01, itl=0.005)
     rc = loadtest.main(["--base-url", server.url, "--input-lens", "1k,3k", "--num-prompts", "2",
                         "--output-len", "3", "--no-progress", "--result-dir", str(tmp_path),
-                        "--result-filename", "out.json"])
+                        "--result-filename", "out"])
     out = capsys.readouterr().out
     assert rc == 0
-    data = json.loads((tmp_path / "out.json").read_text())
+    data = json.loads((tmp_path / "out.json").read_text())  # .json added to the bare name
+    assert "command" in data
     for key in ("date", "backend", "model_id", "tokenizer_id", "num_prompts", "request_rate",
                 "max_concurrency", "label", "results", "corpus", "prompt_format"):
         assert key in data, key

@@ -186,7 +186,7 @@ def test_metrics_collector_sums_worker_files(tmp_path, monkeypatch):
     from vllm_anchor.metrics import AnchorCollector
     from vllm_anchor.stats import STATS_DIR_ENV, AnchorStats
     monkeypatch.setenv(STATS_DIR_ENV, str(tmp_path))
-    a, b = AnchorStats(), AnchorStats()
+    a, b = AnchorStats(auto_flush=False), AnchorStats(auto_flush=False)
     a.record("model.layers.0.self_attn.attn", 0.2, fallback=False)
     a.record("model.layers.0.self_attn.attn", None, fallback=True)
     a.flush()
@@ -235,7 +235,7 @@ def test_metrics_appear_on_vllms_own_metrics_route(tmp_path, monkeypatch):
     collector = next(c for c in list(REGISTRY._collector_to_names)
                      if isinstance(c, metrics.AnchorCollector) and c.folder == folder)
     try:
-        worker = AnchorStats()
+        worker = AnchorStats(auto_flush=False)
         worker.record("model.layers.5.self_attn.attn", 0.12, fallback=False)
         worker.flush()  # a worker process writes into the inherited folder
         app = FastAPI()
@@ -260,8 +260,53 @@ def test_collector_registered_when_user_sets_stats_dir(tmp_path, monkeypatch):
     for c in [c for c in list(REGISTRY._collector_to_names) if isinstance(c, metrics.AnchorCollector)]:
         REGISTRY.unregister(c)
     assert metrics.ensure_stats_dir_and_collector() == str(tmp_path)
-    stats = AnchorStats()
+    stats = AnchorStats(auto_flush=False)
     stats.record("model.layers.3.self_attn.attn", density=0.2, fallback=False)
     stats.flush()
     text = generate_latest(REGISTRY).decode()
     assert 'vllm_anchor_prefill_layer_calls_total{layer="model.layers.3.self_attn.attn"} 1.0' in text
+
+
+def test_backend_logs_through_vllms_handler(monkeypatch):
+    """INFO lines of vllm_anchor (e.g. the kernel warm-up) reach vLLM's handler."""
+    import logging
+
+    import vllm.logger  # noqa: F401  (configures the "vllm" logger)
+
+    from vllm_anchor import plugin
+    ours = logging.getLogger("vllm_anchor")
+    monkeypatch.setattr(ours, "handlers", [])
+    monkeypatch.setattr(ours, "propagate", True)
+    plugin.register()
+    theirs = logging.getLogger("vllm")
+    assert theirs.handlers and ours.handlers == theirs.handlers
+    assert ours.getEffectiveLevel() <= logging.INFO and not ours.propagate
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    monkeypatch.setattr(ours, "handlers", [handler])
+    logging.getLogger("vllm_anchor").info("vllm-anchor: kernels compiled")
+    assert [r.getMessage() for r in records] == ["vllm-anchor: kernels compiled"]
+
+
+def test_stats_flush_on_their_own_after_the_last_update(tmp_path, monkeypatch):
+    """The last request's counts reach the file without a later request to trigger a flush."""
+    import json
+    import time
+
+    from vllm_anchor import stats as stats_mod
+    monkeypatch.setenv(stats_mod.STATS_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(stats_mod, "FLUSH_INTERVAL_S", 0.2)
+    s = stats_mod.AnchorStats()
+    s.record("model.layers.1.self_attn.attn", 0.5, fallback=False)  # first: flushed at once
+    time.sleep(0.05)
+    for _ in range(3):  # within the interval: one flush is scheduled for all of them
+        s.record("model.layers.1.self_attn.attn", None, fallback=True)
+    path = tmp_path / f"worker-{__import__('os').getpid()}.json"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if path.exists() and json.loads(path.read_text())["model.layers.1.self_attn.attn"]["calls"] == 4:
+            break
+        time.sleep(0.05)
+    data = json.loads(path.read_text())["model.layers.1.self_attn.attn"]
+    assert data["calls"] == 4 and data["fallbacks"] == 3 and data["measured"] == 1

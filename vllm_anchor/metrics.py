@@ -77,6 +77,8 @@ def ensure_stats_dir_and_collector() -> str:
     if not folder:
         folder = tempfile.mkdtemp(prefix="vllm_anchor_stats_")
         os.environ[STATS_DIR_ENV] = folder
+    else:
+        os.makedirs(folder, exist_ok=True)  # workers only write into an existing folder
     if _registered_dir is None:
         from prometheus_client import REGISTRY
         try:

@@ -5,7 +5,25 @@ After this, ``--attention-backend CUSTOM`` and ``--attention-backend anchor`` (a
 """
 from __future__ import annotations
 
+import logging
+
 BACKEND_PATH = "vllm_anchor.backend.AnchorBackend"
+
+
+def _log_through_vllm() -> None:
+    """Send the ``vllm_anchor`` logger's records to vLLM's own handler and level.
+
+    vLLM configures only the ``vllm`` logger (its handler, format and VLLM_LOGGING_LEVEL); a
+    logger outside that tree falls back to Python's last-resort handler, which drops INFO, so
+    the backend's start-up lines (kernel warm-up, layers left on stock attention) were lost.
+    """
+    ours, theirs = logging.getLogger("vllm_anchor"), logging.getLogger("vllm")
+    if ours.handlers or not theirs.handlers:
+        return  # configured already (by us, or by the application)
+    for h in theirs.handlers:
+        ours.addHandler(h)
+    ours.setLevel(theirs.level)
+    ours.propagate = False
 
 
 def register() -> None:
@@ -14,6 +32,7 @@ def register() -> None:
     from .metrics import ensure_stats_dir_and_collector
     from .settings import load_settings
 
+    _log_through_vllm()
     load_settings()  # a bad VLLM_ANCHOR_* variable stops start-up here, with its name
     ensure_stats_dir_and_collector()  # before vLLM starts its engine processes, which inherit it
     register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)

@@ -2,7 +2,8 @@
 
 Workers update a module-level :data:`STATS` once per layer per long prefill (the density guard
 already brought the counts to the host) and flush it, at most once a second, to a small JSON file
-in ``$VLLM_ANCHOR_STATS_DIR``. The process that loaded the plugin first (the API server, or the
+in ``$VLLM_ANCHOR_STATS_DIR``: a one-shot timer thread writes the file a second after the first
+unflushed update, so the last request's counts show up even when no other request follows. The process that loaded the plugin first (the API server, or the
 ``LLM`` process) creates that folder before vLLM starts its engine, so every engine and worker
 process inherits the variable, and registers a Prometheus collector that reads the files at each
 scrape of ``/metrics`` (see :mod:`vllm_anchor.metrics`).
@@ -32,7 +33,9 @@ class LayerStats:
 class AnchorStats:
     layers: dict[str, LayerStats] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    auto_flush: bool = True  # tests that flush by hand turn the timer off
     _last_flush: float = 0.0
+    _timer: threading.Timer | None = field(default=None, repr=False)
 
     def record(self, layer: str, density: float | None, fallback: bool) -> None:
         """One long-prefill call; ``density`` is None when the guard skipped the measurement."""
@@ -44,10 +47,21 @@ class AnchorStats:
                 s.measured += 1
                 s.density_sum += density
                 s.last_density = density
-        now = time.monotonic()
-        if now - self._last_flush >= FLUSH_INTERVAL_S:
-            self._last_flush = now
+            if self._timer is not None or not self.auto_flush:
+                return  # a flush is already due
+            delay = max(0.0, self._last_flush + FLUSH_INTERVAL_S - time.monotonic())
+            timer = self._timer = threading.Timer(delay, self._timed_flush)
+            timer.daemon = True
+        timer.start()
+
+    def _timed_flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last_flush = time.monotonic()
+        try:
             self.flush()
+        except OSError:
+            pass  # folder gone (server shutting down): the next update tries again
 
     def snapshot(self) -> dict[str, dict]:
         with self._lock:

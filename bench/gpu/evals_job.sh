@@ -14,7 +14,7 @@ echo "== $GPU_NAME"; date
 COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 6G --served-model-name smollm2)
 serve_anchor() {  # port, anchor JSON, extra args...
   local port=$1 cfg=$2; shift 2
-  VLLM_ANCHOR_STATS_DIR=/tmp/stats-$port vllm-anchor serve "$SMOLLM2" --port $port "${COMMON[@]}" \
+  mkdir -p /tmp/stats-$port; VLLM_ANCHOR_STATS_DIR=/tmp/stats-$port vllm-anchor serve "$SMOLLM2" --port $port "${COMMON[@]}" \
     --additional-config "{\"anchor\": $cfg}" "$@" > $R/server_$port.log 2>&1 &
 }
 serve_anchor 8001 '{}'; P1=$!

@@ -17,7 +17,7 @@ PF=$!
 wait_healthy 8001 $PA 360 && wait_healthy 8002 $PF 120 || { tail -50 /tmp/server_anchor.log /tmp/server_fa.log; cp /tmp/server_*.log "$OUT/"; stop_servers $PA $PF; exit 1; }
 T=$SECONDS
 timeout 300 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
-  --labels anchor,stock --tokenizer "$SMOLLM2" --input-lens 8K,32K,128K --num-prompts 6 --num-warmups 1 \
+  --labels anchor,stock --tokenizer "$SMOLLM2" --input-lens 8K,32K,131000 --num-prompts 6 --num-warmups 1 \
   --output-len 16 --no-progress --result-dir "$OUT" --result-filename loadtest_ab_smollm2_128k 2>&1 | tail -40
 echo "load test: $((SECONDS - T)) s"
 curl -s http://127.0.0.1:8001/metrics | grep -E "^vllm_anchor|^# (HELP|TYPE) vllm_anchor" > /tmp/metrics_anchor.txt

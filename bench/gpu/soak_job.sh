@@ -12,7 +12,7 @@ PA=$!
 wait_healthy 8001 $PA 360 || { tail -50 /tmp/server_soak.log; cp /tmp/server_soak.log "$OUT/"; stop_servers $PA; exit 1; }
 T=$SECONDS
 timeout 420 vllm-anchor bench --base-url http://127.0.0.1:8001 --tokenizer "$SMOLLM2" \
-  --mix 128K:1,512:7 --concurrency 16 --duration ${SOAK_S:-300} --num-prompts 0 --num-warmups 2 \
+  --mix 131000:1,512:7 --concurrency 16 --duration ${SOAK_S:-300} --num-prompts 0 --num-warmups 2 \
   --output-len 32 --watch-pid $PA --watch-interval 5 --no-progress \
   --result-dir "$OUT" --result-filename soak_smollm2_128k_16clients 2>&1 | tail -45
 echo "soak: $((SECONDS - T)) s"
