@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# GPU job 6 (one H100, about 5 min): TTFT and ITL at 32K and 131000 tokens, SmolLM2 YaRN x16:
+# anchor with per-query-head lists (share_gqa=false) vs stock FLASH_ATTN, both up at once.
+source bench/gpu/setup.sh
+cd /tmp
+R=/tmp/res128; mkdir -p $R /tmp/stats-8001
+echo "== $GPU_NAME"; date
+COMMON=(--hf-overrides "$YARN16" --max-model-len 131072 --kv-cache-memory-bytes 12G --served-model-name smollm2)
+VLLM_ANCHOR_STATS_DIR=/tmp/stats-8001 vllm-anchor serve "$SMOLLM2" --port 8001 "${COMMON[@]}" \
+  --additional-config '{"anchor": {"share_gqa": false}}' > $R/server_anchor.log 2>&1 &
+PA=$!
+python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port 8002 --attention-backend FLASH_ATTN \
+  --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" > $R/server_fa.log 2>&1 &
+PF=$!
+wait_healthy 8001 $PA 360 && wait_healthy 8002 $PF 120 || { tail -40 $R/server_*.log; stop_servers $PA $PF; exit 1; }
+timeout 240 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
+  --labels anchor_per_head,stock --tokenizer "$SMOLLM2" --input-lens 32K,131000 --num-prompts 6 --num-warmups 1 \
+  --output-len 64 --no-progress --result-dir $R --result-filename ttft_128k_per_head_vs_stock 2>&1 | tail -8
+curl -s http://127.0.0.1:8001/metrics | grep -E "^vllm_anchor" > $R/metrics_anchor.txt
+awk '/^vllm_anchor_prefill_layer_calls_total/ {c+=$2} /^vllm_anchor_density_fallbacks_total/ {f+=$2} END {print "anchor layer calls", c, "dense fallbacks", f}' $R/metrics_anchor.txt
+stop_servers $PA $PF
+tar czf "$OUT/ttft128k_job.tar.gz" -C /tmp res128; date
