@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# GPU job 8 (one H100, about 3 min): decode inter-token latency, anchor (defaults) vs stock
+# FLASH_ATTN, SmolLM2 YaRN x4: 256 generated tokens after 16K and 32000-token prompts.
+source bench/gpu/setup.sh
+cd /tmp
+R=/tmp/resitl; mkdir -p $R /tmp/stats-8001
+COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 8G --served-model-name smollm2)
+VLLM_ANCHOR_STATS_DIR=/tmp/stats-8001 vllm-anchor serve "$SMOLLM2" --port 8001 "${COMMON[@]}" > $R/server_anchor.log 2>&1 &
+PA=$!
+python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port 8002 --attention-backend FLASH_ATTN \
+  --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" > $R/server_fa.log 2>&1 &
+PF=$!
+wait_healthy 8001 $PA 300 && wait_healthy 8002 $PF 120 || { stop_servers $PA $PF; exit 1; }
+timeout 120 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
+  --labels anchor,stock --tokenizer "$SMOLLM2" --input-lens 16K,32000 --num-prompts 6 --num-warmups 1 \
+  --output-len 256 --no-progress --result-dir $R --result-filename itl_smollm2_anchor_vs_stock 2>&1 | tail -5
+stop_servers $PA $PF
+tar czf "$OUT/itl_job.tar.gz" -C /tmp resitl
