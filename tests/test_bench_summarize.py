@@ -1,0 +1,48 @@
+"""bench/summarize.py: the score/TTFT table and the per-layer tables come out of the JSON right."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_summarize", ROOT / "bench" / "summarize.py")
+summarize = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(summarize)
+
+
+def _longctx(tmp_path, a_scores, s_scores, lengths):
+    rows = lambda scores: [{"length": n, "score": x} for n, xs in zip(lengths, scores) for x in xs]  # noqa: E731
+    mean = lambda scores: sum(map(sum, scores)) / sum(map(len, scores))  # noqa: E731
+    d = {"lengths": lengths,
+         "runs": [{"rows": rows(a_scores), "summary": {"overall": {"mean": mean(a_scores)}}},
+                  {"rows": rows(s_scores), "summary": {"overall": {"mean": mean(s_scores)}}}],
+         "diff": {"overall": {"mean": mean(a_scores) - mean(s_scores), "ci95": [-0.1, 0.05]}}}
+    path = tmp_path / "lc.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+def test_evals_summary_pairs_scores_and_ttft_by_length(tmp_path):
+    lc = _longctx(tmp_path, [[1, 1, 0, 0], [1, 0, 0, 0]], [[1, 1, 1, 0], [1, 0, 0, 0]], [8000, 16000])
+    tt = tmp_path / "tt.json"
+    tt.write_text(json.dumps({"runs": {
+        "anchor": {"results": [{"input_len": 8192, "mean_ttft_ms": 50.0}, {"input_len": 16384, "mean_ttft_ms": 60.0}]},
+        "stock": {"results": [{"input_len": 8192, "mean_ttft_ms": 40.0}, {"input_len": 16384, "mean_ttft_ms": 80.0}]}}}))
+    lines = summarize.evals_summary([("x", str(lc), str(tt))])
+    row8 = next(r for r in lines if r.startswith("| x | 8000 |")).split("|")
+    row16 = next(r for r in lines if r.startswith("| x | 16000 |")).split("|")
+    assert row8[3].strip().startswith("0.500") and row8[4].strip().startswith("0.750")
+    assert row8[5].strip().startswith("-25.0")  # paired difference, in points
+    assert row8[8].strip() == "1.25" and row16[8].strip() == "0.75"  # TTFT of the nearest length
+    assert row16[5].strip().startswith("+0.0")
+    overall = next(r for r in lines if "**all**" in r)
+    assert "-12.5 [-10.0, +5.0]" in overall
+
+
+def test_layer_tables_from_both_sources():
+    lines = summarize.layers_from_kernel_bench(json.loads((ROOT / "bench/results/kernels_smollm2_h100.json").read_text()))
+    assert sum(1 for x in lines if x.startswith("| 29 |")) == 3  # last layer, at each of 3 lengths
+    lines = summarize.layers_from_calibrate(json.loads((ROOT / "bench/results/calibrate_gemma3_270m_cpu.json").read_text()))
+    assert [x.split("|")[1].strip() for x in lines if x.startswith("| 5 |") or x.startswith("| 17 |")][:2] == ["5", "17"]
+    assert any("sliding window" in x for x in lines)
