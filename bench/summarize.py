@@ -33,14 +33,15 @@ def layers_from_kernel_bench(d: dict) -> list[str]:
                 "| layer | " + " | ".join(f"θ={t:g}" for t in thetas) + " |",
                 "|---:|" + "---|" * len(thetas)]
         by = {(r["layer"], r["theta"]): r for r in rows if r["tokens"] == n}
-        for layer in sorted({r["layer"] for r in rows}):
+        layers = sorted({r["layer"] for r in rows})
+        for layer in layers:
             cells = [_cell(by[layer, t]["recall_mean"], by[layer, t]["recall_p5"], by[layer, t]["stripe_density"])
                      for t in thetas]
             out.append(f"| {layer} | " + " | ".join(cells) + " |")
-        mean = [_cell(*(statistics.mean(by[layer, t][k] for layer in {r["layer"] for r in rows})
+        mean = [_cell(*(statistics.mean(by[layer, t][k] for layer in layers)
                         for k in ("recall_mean", "recall_p5", "stripe_density"))) for t in thetas]
-        speed = [f"{sum(by[la, t]['fa3_ms'] for la in {r['layer'] for r in rows}) / sum(by[la, t]['anchor_ms'] for la in {r['layer'] for r in rows}):.2f}×"
-                 for t in thetas]
+        total = lambda t, key: sum(by[layer, t][key] for layer in layers)  # noqa: E731
+        speed = [f"{total(t, 'fa3_ms') / total(t, 'anchor_ms'):.2f}×" for t in thetas]
         out += ["| **mean** | " + " | ".join(f"**{c}**" for c in mean) + " |",
                 "| speed-up vs FA3, all layers | " + " | ".join(speed) + " |", ""]
     return out

@@ -407,7 +407,8 @@ async def run_bench(args) -> dict:
             models.append((model, listed[0].get("root") if listed else None))
             card = next((m for m in listed if m.get("id") == model), None) or {}
             limit = card.get("max_model_len")
-            lens_needed = [n for n, _ in args.mix] if args.mix else (args.input_lens or _lengths(DEFAULT_LENS))
+            lens_needed = ([n for n, _ in args.mix] if args.mix
+                           else (args.input_lens or _lengths(DEFAULT_LENS)))
             too_long = [n for n in lens_needed if limit and n + args.output_len > limit]
             if too_long:  # every such request would come back HTTP 400: say so once, up front
                 raise ValueError(
@@ -455,7 +456,8 @@ async def run_bench(args) -> dict:
 
     date = datetime.now().strftime("%Y%m%d-%H%M%S")
     common = {
-        "date": date, "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]), "backend": "openai-chat" if chat else "openai",
+        "date": date, "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        "backend": "openai-chat" if chat else "openai",
         "endpoint_type": "openai-chat" if chat else "openai", "endpoint": args.endpoint,
         "tokenizer_id": tok_path, "num_prompts": args.num_prompts,
         "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
