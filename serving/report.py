@@ -69,9 +69,47 @@ def format_run(run: list[dict], title: str = "", overall: dict | None = None) ->
     return text
 
 
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    return ys[n // 2] if n % 2 else 0.5 * (ys[n // 2 - 1] + ys[n // 2])
+
+
+def ratio_ci(a: list[float], b: list[float], stat, reps: int = 2000,
+             seed: int = 0) -> tuple[float, float, float] | None:
+    """``stat(a) / stat(b)`` and its 95% percentile-bootstrap interval, resampling the
+    requests of each server independently (seeded, so a report is reproducible).
+
+    Decode ITL of small models moves by tens of percent from request to request (host-side
+    scheduling), so a ratio of two means says little without its interval: this is what tells
+    whether "ITL within 3% of stock" was shown or merely not contradicted.
+    """
+    if not a or not b:
+        return None
+    import random
+    rng = random.Random(seed)
+    base = stat(b)
+    if not base:
+        return None
+    boot = []
+    for _ in range(reps):
+        sb = stat(rng.choices(b, k=len(b)))
+        if sb:
+            boot.append(stat(rng.choices(a, k=len(a))) / sb)
+    boot.sort()
+    return stat(a) / base, boot[int(0.025 * len(boot))], boot[int(0.975 * len(boot)) - 1]
+
+
+def _per_request_itl_ms(s: dict) -> list[float]:
+    """Median ITL of each request (ms): one number per request, so long streams do not outweigh."""
+    return [1e3 * _median(x) for x in s.get("itls") or [] if x]
+
+
 def comparison_rows(runs: dict[str, list[dict]]) -> list[dict]:
-    """Per prompt length: each label's mean/p99 TTFT and mean ITL, and the TTFT speedup of
-    the first label over each other label (other's TTFT / first's TTFT)."""
+    """Per prompt length: each label's mean/p99 TTFT and mean ITL, the TTFT speedup of the
+    first label over each other label (other's TTFT / first's TTFT), and the first label's
+    ITL relative to each other label's (median over requests of each request's median ITL),
+    both with 95% bootstrap intervals over requests."""
     labels = list(runs)
     lens = sorted({s["input_len"] for run in runs.values() for s in run})
     by = {lab: {s["input_len"]: s for s in run} for lab, run in runs.items()}
@@ -88,6 +126,12 @@ def comparison_rows(runs: dict[str, list[dict]]) -> list[dict]:
             ok = a.get("completed") and b.get("completed") and a.get("mean_ttft_ms")
             row[f"ttft_speedup_{labels[0]}_vs_{lab}"] = (
                 b["mean_ttft_ms"] / a["mean_ttft_ms"] if ok else None)
+            ok_ttfts = lambda s: [t for t in s.get("ttfts") or [] if t]  # noqa: E731  (failed: 0)
+            ci = ratio_ci(ok_ttfts(b), ok_ttfts(a), lambda x: sum(x) / len(x))
+            row[f"ttft_speedup_ci95_{labels[0]}_vs_{lab}"] = list(ci[1:]) if ci else None
+            ci = ratio_ci(_per_request_itl_ms(a), _per_request_itl_ms(b), _median)
+            row[f"itl_ratio_{labels[0]}_vs_{lab}"] = ci[0] if ci else None
+            row[f"itl_ratio_ci95_{labels[0]}_vs_{lab}"] = list(ci[1:]) if ci else None
         rows.append(row)
     return rows
 
@@ -99,6 +143,7 @@ def format_comparison(runs: dict[str, list[dict]]) -> str:
     for lab in labels:
         headers += [f"{lab} TTFT", f"{lab} p99", f"{lab} ITL", f"{lab} fail"]
     headers += [f"speedup vs {lab}" for lab in labels[1:]]
+    headers += [f"ITL ratio vs {lab} [95% CI]" for lab in labels[1:]]
     body = []
     for r in rows:
         cells = [str(r["input_len"])]
@@ -107,8 +152,12 @@ def format_comparison(runs: dict[str, list[dict]]) -> str:
                       _fmt("{:.1f}", r[f"{lab}_p99_ttft_ms"]),
                       _fmt("{:.2f}", r[f"{lab}_mean_itl_ms"]), _fmt("{:d}", r[f"{lab}_failed"])]
         cells += [_fmt("{:.2f}x", r[f"ttft_speedup_{labels[0]}_vs_{lab}"]) for lab in labels[1:]]
+        for lab in labels[1:]:
+            ratio, ci = r[f"itl_ratio_{labels[0]}_vs_{lab}"], r[f"itl_ratio_ci95_{labels[0]}_vs_{lab}"]
+            cells.append(f"{ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ratio is not None and ci else "-")
         body.append(cells)
-    return (f"TTFT/ITL in ms; speedup = other's mean TTFT / {labels[0]}'s\n"
+    return (f"TTFT/ITL in ms; speedup = other's mean TTFT / {labels[0]}'s; ITL ratio = "
+            f"{labels[0]}'s median per-request ITL / other's (bootstrap over requests)\n"
             + _table(headers, body))
 
 

@@ -710,3 +710,32 @@ def test_mix_parse_and_memory_growth_units():
     assert g["rss_first_mb"] == 1000 and g["rss_last_mb"] == 1050 and g["rss_max_mb"] == 1050
     assert g["rss_growth_mb"] == pytest.approx(1045 - 1000)  # last 2 of 10 minus first 2
     assert g["gpu_first_mb"] is None and g["gpu_growth_mb"] is None
+
+
+def test_ab_ratios_come_with_bootstrap_intervals():
+    """The ITL ratio is the median of per-request median ITLs, with an interval that shrinks
+    with more requests; the TTFT speedup's interval brackets the point estimate."""
+    from vllm_anchor.serving import report
+    rng = __import__("random").Random(1)
+
+    def run(itl_s, ttft_s, n):
+        itls = [[itl_s * (1 + 0.2 * rng.random()) for _ in range(50)] for _ in range(n)]
+        return [{"input_len": 1000, "completed": n, "failed": 0, "mean_ttft_ms": 1e3 * ttft_s,
+                 "p99_ttft_ms": 1e3 * ttft_s, "mean_itl_ms": 1e3 * itl_s,
+                 "ttfts": [ttft_s * (1 + 0.1 * rng.random()) for _ in range(n)] + [0.0],
+                 "itls": itls + [[]]}]
+    few = report.comparison_rows({"anchor": run(0.0021, 0.1, 5), "stock": run(0.0020, 0.2, 5)})[0]
+    many = report.comparison_rows({"anchor": run(0.0021, 0.1, 200), "stock": run(0.0020, 0.2, 200)})[0]
+    for row in (few, many):
+        lo, hi = row["itl_ratio_ci95_anchor_vs_stock"]
+        assert lo <= row["itl_ratio_anchor_vs_stock"] <= hi
+        assert 1.0 < row["itl_ratio_anchor_vs_stock"] < 1.1  # 5% slower by construction
+        slo, shi = row["ttft_speedup_ci95_anchor_vs_stock"]
+        assert slo <= 2.0 * 1.1 and shi >= 2.0 / 1.1 and slo <= shi
+    w_few = few["itl_ratio_ci95_anchor_vs_stock"][1] - few["itl_ratio_ci95_anchor_vs_stock"][0]
+    w_many = many["itl_ratio_ci95_anchor_vs_stock"][1] - many["itl_ratio_ci95_anchor_vs_stock"][0]
+    assert w_many < w_few / 3
+    lo, hi = many["itl_ratio_ci95_anchor_vs_stock"]
+    assert lo > 1.0  # 200 requests each resolve a 5% difference
+    assert "ITL ratio vs stock" in report.format_comparison({"anchor": run(0.0021, 0.1, 5),
+                                                             "stock": run(0.0020, 0.2, 5)})
