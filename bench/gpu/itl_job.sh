@@ -13,7 +13,7 @@ python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port 8002 --attention-ba
   --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" > $R/server_fa.log 2>&1 &
 PF=$!
 wait_healthy 8001 $PA 300 && wait_healthy 8002 $PF 120 || { stop_servers $PA $PF; exit 1; }
-timeout 120 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
+timeout 400 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
   --labels anchor,stock --tokenizer "$SMOLLM2" --input-lens 16K,32000 --num-prompts ${ITL_PROMPTS:-60} --num-warmups 2 \
   --output-len 256 --no-progress --result-dir $R --result-filename itl_smollm2_anchor_vs_stock 2>&1 | tail -5
 stop_servers $PA $PF
