@@ -19,6 +19,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+from vllm_anchor.evals.scoring import bootstrap, paired_bootstrap_diff
+
 
 def _cell(recall: float, p5: float, density: float) -> str:
     return f"{recall:.3f} / {p5:.2f} / {density:.2f}"
@@ -38,10 +40,10 @@ def layers_from_kernel_bench(d: dict) -> list[str]:
             cells = [_cell(by[layer, t]["recall_mean"], by[layer, t]["recall_p5"], by[layer, t]["stripe_density"])
                      for t in thetas]
             out.append(f"| {layer} | " + " | ".join(cells) + " |")
-        mean = [_cell(*(statistics.mean(by[layer, t][k] for layer in layers)
-                        for k in ("recall_mean", "recall_p5", "stripe_density"))) for t in thetas]
-        total = lambda t, key: sum(by[layer, t][key] for layer in layers)  # noqa: E731
-        speed = [f"{total(t, 'fa3_ms') / total(t, 'anchor_ms'):.2f}×" for t in thetas]
+        summ = {x["theta"]: x for x in d["summary"] if x["tokens"] == n}  # bench/kernels.py's own
+        mean = [_cell(summ[t]["recall_mean"], summ[t]["recall_p5_mean"], summ[t]["stripe_density_mean"])
+                for t in thetas]
+        speed = [f"{summ[t]['speedup_all_layers']:.2f}×" for t in thetas]
         out += ["| **mean** | " + " | ".join(f"**{c}**" for c in mean) + " |",
                 "| speed-up vs FA3, all layers | " + " | ".join(speed) + " |", ""]
     return out
@@ -87,7 +89,7 @@ def evals_summary(pairs: list[tuple[str, str, str]]) -> list[str]:
         for n in lc["lengths"]:
             a = [r["score"] for r in a_run["rows"] if r["length"] == n]
             s = [r["score"] for r in s_run["rows"] if r["length"] == n]
-            diff = _paired_ci([x - y for x, y in zip(a, s)])
+            diff = _paired_ci(a, s)
             ta, ts = near(ttft[a_lab], n), near(ttft[s_lab], n)
             out.append(f"| {label} | {n} | {_mean_ci(a)} | {_mean_ci(s)} | {diff} | {ta:.1f} | {ts:.1f} | {ta / ts:.2f} |")
         o = lc["diff"]["overall"]
@@ -97,21 +99,14 @@ def evals_summary(pairs: list[tuple[str, str, str]]) -> list[str]:
     return out
 
 
-def _bootstrap(xs: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
-    import random
-    rng = random.Random(seed)
-    means = sorted(statistics.mean(rng.choices(xs, k=len(xs))) for _ in range(reps))
-    return means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
-
-
 def _mean_ci(xs: list[float]) -> str:
-    lo, hi = _bootstrap(xs)
+    lo, hi = bootstrap(xs)
     return f"{statistics.mean(xs):.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _paired_ci(ds: list[float]) -> str:
-    lo, hi = _bootstrap(ds)
-    return f"{100 * statistics.mean(ds):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+def _paired_ci(a: list[float], b: list[float]) -> str:
+    d = paired_bootstrap_diff(a, b)
+    return f"{100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
 
 
 def main(argv=None) -> int:

@@ -397,6 +397,7 @@ async def run_bench(args) -> dict:
         headers["Authorization"] = f"Bearer {args.api_key}"
     progress = not args.no_progress
 
+    lens = [n for n, _ in args.mix] if args.mix else (args.input_lens or _lengths(DEFAULT_LENS))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         models = []
         for url in urls:
@@ -407,9 +408,7 @@ async def run_bench(args) -> dict:
             models.append((model, listed[0].get("root") if listed else None))
             card = next((m for m in listed if m.get("id") == model), None) or {}
             limit = card.get("max_model_len")
-            lens_needed = ([n for n, _ in args.mix] if args.mix
-                           else (args.input_lens or _lengths(DEFAULT_LENS)))
-            too_long = [n for n in lens_needed if limit and n + args.output_len > limit]
+            too_long = [n for n in lens if limit and n + args.output_len > limit]
             if too_long:  # every such request would come back HTTP 400: say so once, up front
                 raise ValueError(
                     f"{url} serves {model} with max_model_len={limit}; prompt length(s) "
@@ -419,8 +418,6 @@ async def run_bench(args) -> dict:
         # that is no folder here, load_tokenizer's error asks for --tokenizer
         tok_path = args.tokenizer or models[0][1] or models[0][0]
         _log(f"[bench] tokenizer {tok_path}; building {mode} prompts")
-        lens = [n for n, _ in args.mix] if args.mix else (args.input_lens
-                                                         or _lengths(DEFAULT_LENS))
         builder = PromptBuilder(load_tokenizer(tok_path), corpus=args.corpus, mode=mode,
                                 seed=args.seed, reuse_prefix=args.reuse_prefix,
                                 prefix_tokens=args.prefix_tokens, max_len=max(lens))

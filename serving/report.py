@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 COLUMNS = [  # (header, key, format)
@@ -69,12 +70,6 @@ def format_run(run: list[dict], title: str = "", overall: dict | None = None) ->
     return text
 
 
-def _median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    n = len(ys)
-    return ys[n // 2] if n % 2 else 0.5 * (ys[n // 2 - 1] + ys[n // 2])
-
-
 def ratio_ci(a: list[float], b: list[float], stat, reps: int = 2000,
              seed: int = 0) -> tuple[float, float, float] | None:
     """``stat(a) / stat(b)`` and its 95% percentile-bootstrap interval, resampling the
@@ -102,7 +97,7 @@ def ratio_ci(a: list[float], b: list[float], stat, reps: int = 2000,
 
 def _per_request_itl_ms(s: dict) -> list[float]:
     """Median ITL of each request (ms): one number per request, so long streams do not outweigh."""
-    return [1e3 * _median(x) for x in s.get("itls") or [] if x]
+    return [1e3 * statistics.median(x) for x in s.get("itls") or [] if x]
 
 
 def comparison_rows(runs: dict[str, list[dict]]) -> list[dict]:
@@ -129,7 +124,7 @@ def comparison_rows(runs: dict[str, list[dict]]) -> list[dict]:
             ok_ttfts = lambda s: [t for t in s.get("ttfts") or [] if t]  # noqa: E731  (failed: 0)
             ci = ratio_ci(ok_ttfts(b), ok_ttfts(a), lambda x: sum(x) / len(x))
             row[f"ttft_speedup_ci95_{labels[0]}_vs_{lab}"] = list(ci[1:]) if ci else None
-            ci = ratio_ci(_per_request_itl_ms(a), _per_request_itl_ms(b), _median)
+            ci = ratio_ci(_per_request_itl_ms(a), _per_request_itl_ms(b), statistics.median)
             row[f"itl_ratio_{labels[0]}_vs_{lab}"] = ci[0] if ci else None
             row[f"itl_ratio_ci95_{labels[0]}_vs_{lab}"] = list(ci[1:]) if ci else None
         rows.append(row)

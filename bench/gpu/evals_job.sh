@@ -12,15 +12,8 @@ cd /tmp
 R=/tmp/res; mkdir -p $R
 echo "== $GPU_NAME"; date
 COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 6G --served-model-name smollm2)
-serve_anchor() {  # port, anchor JSON, extra args...
-  local port=$1 cfg=$2; shift 2
-  mkdir -p /tmp/stats-$port; VLLM_ANCHOR_STATS_DIR=/tmp/stats-$port vllm-anchor serve "$SMOLLM2" --port $port "${COMMON[@]}" \
-    --additional-config "{\"anchor\": $cfg}" "$@" > $R/server_$port.log 2>&1 &
-}
 serve_anchor 8001 '{}'; P1=$!
-python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port 8002 --attention-backend FLASH_ATTN \
-  --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" > $R/server_8002.log 2>&1 &
-P2=$!
+serve_fa 8002; P2=$!
 VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8003 '{"theta": "inf", "min_seq_len": 4096, "density_guard": 1.0}' \
   --no-enable-prefix-caching; P3=$!
 serve_anchor 8004 '{"theta": 8}'; P4=$!

@@ -5,13 +5,10 @@
 # bootstrap interval of the ITL ratio needs about 60 requests per server to resolve 3%.
 source bench/gpu/setup.sh
 cd /tmp
-R=/tmp/resitl; mkdir -p $R /tmp/stats-8001
+R=/tmp/resitl; mkdir -p $R
 COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 8G --served-model-name smollm2)
-VLLM_ANCHOR_STATS_DIR=/tmp/stats-8001 vllm-anchor serve "$SMOLLM2" --port 8001 "${COMMON[@]}" > $R/server_anchor.log 2>&1 &
-PA=$!
-python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port 8002 --attention-backend FLASH_ATTN \
-  --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" > $R/server_fa.log 2>&1 &
-PF=$!
+serve_anchor 8001 '{}'; PA=$!
+serve_fa 8002; PF=$!
 wait_healthy 8001 $PA 300 && wait_healthy 8002 $PF 120 || { stop_servers $PA $PF; exit 1; }
 timeout 400 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
   --labels anchor,stock --tokenizer "$SMOLLM2" --input-lens 16K,32000 --num-prompts ${ITL_PROMPTS:-60} --num-warmups 2 \

@@ -11,16 +11,6 @@ cd /tmp
 R=/tmp/res; mkdir -p $R
 echo "== $GPU_NAME"; date
 COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 6G --served-model-name smollm2)
-serve_anchor() {  # port, anchor JSON, extra args...
-  local port=$1 cfg=$2; shift 2
-  mkdir -p /tmp/stats-$port; VLLM_ANCHOR_STATS_DIR=/tmp/stats-$port vllm-anchor serve "$SMOLLM2" --port $port \
-    "${COMMON[@]}" --additional-config "{\"anchor\": $cfg}" "$@" > $R/server_$port.log 2>&1 &
-}
-serve_fa() {  # port, extra args...
-  local port=$1; shift
-  python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port $port --attention-backend FLASH_ATTN \
-    --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" "$@" > $R/server_$port.log 2>&1 &
-}
 serve_anchor 8001 '{"share_gqa": false}'; P1=$!
 serve_fa 8002; P2=$!
 VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8003 '{"theta": "inf", "min_seq_len": 4096, "density_guard": 1.0}' \

@@ -32,3 +32,20 @@ stop_servers() {
   sleep 5
   for p in "$@"; do pkill -KILL -P "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
 }
+
+# Servers of the side-by-side jobs, in the background; the job sets R (its results folder, which
+# receives server_PORT.log) and COMMON (model-shape options shared by every server) first.
+# serve_anchor PORT ANCHOR_JSON [vLLM options...]: `vllm-anchor serve` with its own stats folder.
+serve_anchor() {
+  local port=$1 cfg=$2; shift 2
+  mkdir -p /tmp/stats-$port
+  VLLM_ANCHOR_STATS_DIR=/tmp/stats-$port vllm-anchor serve "$SMOLLM2" --port $port \
+    "${COMMON[@]}" --additional-config "{\"anchor\": $cfg}" "$@" > $R/server_$port.log 2>&1 &
+}
+# serve_fa PORT [vLLM options...]: stock `vllm serve --attention-backend FLASH_ATTN` with the
+# launcher's long-context defaults, so the two differ only in the backend.
+serve_fa() {
+  local port=$1; shift
+  python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port $port --attention-backend FLASH_ATTN \
+    --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" "$@" > $R/server_$port.log 2>&1 &
+}

@@ -3,15 +3,11 @@
 # anchor with per-query-head lists (share_gqa=false) vs stock FLASH_ATTN, both up at once.
 source bench/gpu/setup.sh
 cd /tmp
-R=/tmp/res128; mkdir -p $R /tmp/stats-8001
+R=/tmp/res128; mkdir -p $R
 echo "== $GPU_NAME"; date
 COMMON=(--hf-overrides "$YARN16" --max-model-len 131072 --kv-cache-memory-bytes 12G --served-model-name smollm2)
-VLLM_ANCHOR_STATS_DIR=/tmp/stats-8001 vllm-anchor serve "$SMOLLM2" --port 8001 "${COMMON[@]}" \
-  --additional-config '{"anchor": {"share_gqa": false}}' > $R/server_anchor.log 2>&1 &
-PA=$!
-python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port 8002 --attention-backend FLASH_ATTN \
-  --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" > $R/server_fa.log 2>&1 &
-PF=$!
+serve_anchor 8001 '{"share_gqa": false}'; PA=$!
+serve_fa 8002; PF=$!
 wait_healthy 8001 $PA 360 && wait_healthy 8002 $PF 120 || { tail -40 $R/server_*.log; stop_servers $PA $PF; exit 1; }
 timeout 240 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
   --labels anchor_per_head,stock --tokenizer "$SMOLLM2" --input-lens 32K,131000 --num-prompts 6 --num-warmups 1 \
