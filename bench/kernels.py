@@ -341,8 +341,13 @@ def main(argv=None):
     m.add_argument("--no-share-gqa", action="store_true", help="one stripe list per query head")
     for p in (s, m):
         p.add_argument("--out", required=True)
+        p.add_argument("--tuned", nargs="+", default=[], metavar="TUNE_JSON",
+                       help="launch parameters from bench/tune.py results instead of the defaults")
     args = ap.parse_args(argv)
     meta = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if args.tuned:
+        import tuned
+        meta["tuned"] = {str(d): t for d, t in tuned.apply(args.tuned).items()}
     try:
         import triton
         import vllm

@@ -1,6 +1,7 @@
 """Sweep launch parameters of the anchor and sparse kernels on one shape (H100 tuning aid).
 
   python bench/tune.py --tokens 131072 --out results/tune_h100.json
+  python bench/tune.py --tokens 32768 --heads 9 3 64 --rows 128 256 --out results/tune_smollm2_shape.json
 """
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def main():
     ap.add_argument("--tokens", type=int, default=131072)
     ap.add_argument("--heads", type=int, nargs=3, default=[32, 8, 128], metavar=("H", "HKV", "D"))
     ap.add_argument("--strong-frac", type=float, default=0.10)
+    ap.add_argument("--rows", type=int, nargs="+", default=[64, 128, 256],
+                    help="rows (tokens x packed heads) per anchor/sparse program")
+    ap.add_argument("--block-n", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument("--segment-tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    ap.add_argument("--budget", type=float, default=0.5, help="seconds of timing per point")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     h, hkv, d = a.heads
@@ -35,27 +42,50 @@ def main():
         fa_ms = time_ms(lambda: fa3_prefill(q, kv, bt, n, scale))
     except ImportError:  # no vLLM on this machine: tune without the baseline
         fa_ms = None
-    plan = plan_anchor_prefill([0, n], [n], AnchorConfig(), h, hkv, d, "cuda")
-    call = _Call(q, kv, bt, plan, scale)
-    ws = new_workspace(call)
-    run_anchor_step(call, ws)
-    run_stripe_step(call, ws)
-    out = torch.empty_like(q)
     rows = []
-    base = dict(call.opts)
-    for kind, bn, warps, stages in itertools.product(("anchor", "sparse"), (32, 64, 128), (4, 8), (2, 3, 4, 5)):
-        call.opts = {**base, kind: {"BLOCK_N": bn, "num_warps": warps, "num_stages": stages}}
-        fn = (lambda: run_anchor_step(call, ws)) if kind == "anchor" else (lambda: run_sparse_step(call, ws, out))
-        try:
-            ms = time_ms(fn, budget_s=0.5)
-        except Exception as e:  # out of shared memory / registers for this combination
-            rows.append({"kernel": kind, "block_n": bn, "num_warps": warps, "num_stages": stages,
-                         "error": type(e).__name__})
-            continue
-        rows.append({"kernel": kind, "block_n": bn, "num_warps": warps, "num_stages": stages, "ms": ms})
-        print(rows[-1], flush=True)
-    best = {kind: min((r for r in rows if r["kernel"] == kind and "ms" in r), key=lambda r: r["ms"])
-            for kind in ("anchor", "sparse")}
+    for tile_rows in a.rows:
+        # rows per program changes the plan; the anchor and sparse kernels share it
+        plan = plan_anchor_prefill([0, n], [n], AnchorConfig(), h, hkv, d, "cuda", rows=tile_rows)
+        call = _Call(q, kv, bt, plan, scale)
+        ws = new_workspace(call)
+        run_anchor_step(call, ws)
+        run_stripe_step(call, ws)
+        out = torch.empty_like(q)
+        base = dict(call.opts)
+        for kind, bn, warps, stages in itertools.product(("anchor", "sparse"), a.block_n, (4, 8), a.stages):
+            call.opts = {**base, kind: {"BLOCK_N": bn, "num_warps": warps, "num_stages": stages}}
+            fn = (lambda: run_anchor_step(call, ws)) if kind == "anchor" else (lambda: run_sparse_step(call, ws, out))
+            row = {"kernel": kind, "rows": tile_rows, "block_n": bn, "num_warps": warps, "num_stages": stages}
+            try:
+                row["ms"] = time_ms(fn, budget_s=a.budget)
+            except Exception as e:  # out of shared memory / registers for this combination
+                row["error"] = type(e).__name__
+            rows.append(row)
+            print(row, flush=True)
+    # stripe step (scan + pack): the candidate range is cut into segments of this many keys,
+    # one scan program each; shorter segments mean more programs in flight
+    for seg in a.segment_tokens:
+        plan = plan_anchor_prefill([0, n], [n], AnchorConfig(), h, hkv, d, "cuda", segment_tokens=seg)
+        call = _Call(q, kv, bt, plan, scale)
+        ws = new_workspace(call)
+        run_anchor_step(call, ws)
+        for bn in a.block_n:
+            call.opts = {**call.opts, "scan": {**call.opts["scan"], "BLOCK_N": bn}}
+            row = {"kernel": "stripe", "segment_tokens": seg, "block_n": bn}
+            try:
+                row["ms"] = time_ms(lambda: run_stripe_step(call, ws), budget_s=a.budget)
+            except Exception as e:
+                row["error"] = type(e).__name__
+            rows.append(row)
+            print(row, flush=True)
+
+    def fastest(kind, tile_rows=None):
+        return min((r for r in rows if r["kernel"] == kind and "ms" in r and tile_rows in (None, r["rows"])),
+                   key=lambda r: r["ms"])
+    best = {kind: fastest(kind) for kind in ("anchor", "sparse", "stripe")}
+    # the two kernels share one plan, so the rows per program are chosen for their sum
+    best["rows"] = min(a.rows, key=lambda t: fastest("anchor", t)["ms"] + fastest("sparse", t)["ms"])
+    best["joint"] = {kind: fastest(kind, best["rows"]) for kind in ("anchor", "sparse")}
     print("fa3_ms", fa_ms, "best", best)
     Path(a.out).write_text(json.dumps({"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(),
                                        "tokens": n, "heads": a.heads, "fa3_ms": fa_ms, "rows": rows,

@@ -51,8 +51,8 @@ class AnchorWorkspace:
     m: torch.Tensor  # [T, H] fp32, anchor row max in log2 units
     l: torch.Tensor  # [T, H] fp32
     acc: torch.Tensor  # [T, H, BLOCK_D] fp32
-    qsum: torch.Tensor  # [n_tiles, H, BLOCK_D] fp32
-    msum: torch.Tensor  # [n_tiles, H] fp32
+    qsum: torch.Tensor  # [n_tiles, 2, H, BLOCK_D] fp32, before / after the tile's pool edge
+    msum: torch.Tensor  # [n_tiles, 2, H] fp32
     scratch: torch.Tensor  # [NUM_SEL, capacity] int32
     lists: torch.Tensor  # [NUM_SEL, capacity] int32, compacted stripe positions per item
     slots: torch.Tensor  # [NUM_SEL, capacity] int32, the same keys as cache slots
@@ -107,7 +107,7 @@ def new_workspace(call: _Call) -> AnchorWorkspace:
     return AnchorWorkspace(
         m=torch.empty(call.num_tokens, H, **f32), l=torch.empty(call.num_tokens, H, **f32),
         acc=torch.empty(call.num_tokens, H, BD, **f32),
-        qsum=torch.empty(plan.num_tiles, H, BD, **f32), msum=torch.empty(plan.num_tiles, H, **f32),
+        qsum=torch.empty(plan.num_tiles, 2, H, BD, **f32), msum=torch.empty(plan.num_tiles, 2, H, **f32),
         scratch=torch.empty(call.num_sel, cap, **i32), lists=torch.empty(call.num_sel, cap, **i32),
         slots=torch.empty(call.num_sel, cap, **i32),
         seg_counts=torch.empty(plan.num_segments, call.num_sel, **i32),
@@ -122,9 +122,10 @@ def run_anchor_step(call: _Call, ws: AnchorWorkspace) -> None:
     anchor_kernel[(plan.num_tiles, call.num_sel)](
         q, q.stride(0), q.stride(1), *call.kv_args(), plan.tiles,
         ws.m, ws.l, ws.acc, ws.qsum, ws.msum,
-        call.qk_scale, cfg.sink_tokens, cfg.local_tokens, cfg.group_size,
-        NUM_HEADS=call.num_heads, KV_REP=call.rep, HEADS=call.sel_heads, PACK=plan.pack,
-        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, TILE_M=plan.tile_m, **call.opts["anchor"])
+        call.qk_scale, cfg.sink_tokens, cfg.local_tokens, cfg.group_size, cfg.pool_block,
+        NUM_HEADS=call.num_heads, KV_REP=call.rep, HEADS=plan.pack,
+        HEADS_PAD=max(16, triton.next_power_of_2(plan.pack)),
+        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, ROWS=plan.rows, **call.opts["anchor"])
 
 
 def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +133,10 @@ def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torc
     plan = call.plan
     qbar = torch.zeros(plan.num_pools, call.num_heads, call.block_d, dtype=torch.float32, device=call.q.device)
     abar = torch.zeros(plan.num_pools, call.num_heads, dtype=torch.float32, device=call.q.device)
-    qbar.index_add_(0, plan.tile_pool, ws.qsum).div_(plan.pool_rows[:, None, None])
-    abar.index_add_(0, plan.tile_pool, ws.msum).div_(plan.pool_rows[:, None])
+    qbar.index_add_(0, plan.tile_pool, ws.qsum[:, 0]).index_add_(0, plan.tile_pool_next, ws.qsum[:, 1])
+    abar.index_add_(0, plan.tile_pool, ws.msum[:, 0]).index_add_(0, plan.tile_pool_next, ws.msum[:, 1])
+    qbar.div_(plan.pool_rows[:, None, None])
+    abar.div_(plan.pool_rows[:, None])
     return qbar, abar
 
 
@@ -179,9 +182,9 @@ def run_sparse_step(call: _Call, ws: AnchorWorkspace, out: torch.Tensor) -> None
         q, q.stride(0), q.stride(1), *call.kv_args(), plan.tiles, plan.items,
         ws.slots, ws.slots.stride(0), ws.counts, call.num_sel,
         ws.m, ws.l, ws.acc, out, out.stride(0), out.stride(1), call.qk_scale,
-        NUM_HEADS=call.num_heads, KV_REP=call.rep, HEADS=call.sel_heads, PACK=plan.pack,
-        SEL_DIV=call.sel_heads, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, TILE_M=plan.tile_m,
-        **call.opts["sparse"])
+        NUM_HEADS=call.num_heads, KV_REP=call.rep, HEADS=plan.pack, SEL_DIV=call.sel_heads,
+        LINEAR_SLOTS=call.kv.stride(0) == call.page * call.kv.stride(2),
+        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, ROWS=plan.rows, **call.opts["sparse"])
 
 
 def anchor_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,

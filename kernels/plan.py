@@ -5,9 +5,10 @@ built here once per batch (in vLLM: once per step, shared by every layer). Work 
 *absolute* positions, so a chunk that starts mid-group or mid-tile gets partial tiles and a
 partial group instead of a dense side path.
 
-* tiles   - ``tile_m`` consecutive query rows of one sequence inside one group (anchor and
-            sparse kernels run one program per tile and query head);
-* pools   - the pooling blocks (``pool_block`` rows, absolute-aligned) made of whole tiles;
+* tiles   - ``tile_m`` consecutive query tokens of one sequence inside one group (anchor and
+            sparse kernels run one program per tile and list of query heads);
+* pools   - the pooling blocks (``pool_block`` rows, absolute-aligned); a tile spans at most
+            two, and the anchor kernel sums its rows for each of them separately;
 * items   - one (sequence, group) pair: the unit that owns a stripe list;
 * segments- fixed-size slices of an item's candidate range, so the stripe scan of late groups
             (up to the whole context) is spread over many programs.
@@ -27,28 +28,48 @@ SEG_ITEM, SEG_LO, SEG_HI, SEG_OFF = range(4)
 
 
 def heads_per_program(cfg: AnchorConfig, num_heads: int, num_kv_heads: int) -> int:
-    """Query heads packed into one program's rows (padded to a power of two).
+    """Query heads packed into one program's rows: all of a KV head's with shared GQA lists.
 
-    With shared GQA lists every query head of a KV head reads the same gathered K/V rows, so
-    one program takes them all: each row it gathers feeds ``H/Hkv`` heads from registers.
+    With shared lists every query head of a KV head reads the same gathered K/V rows, so one
+    program takes them all and each row it gathers feeds ``H/Hkv`` heads from registers.
     """
     if num_heads % num_kv_heads:
         raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
-    rep = num_heads // num_kv_heads
-    return 1 << (rep - 1).bit_length() if cfg.share_gqa else 1
+    return num_heads // num_kv_heads if cfg.share_gqa else 1
 
 
 def default_rows(head_dim: int, device) -> int:
-    """Rows per program: 128 fits the registers for head_dim <= 128, 64 above; 16 on the CPU."""
+    """Rows (tokens x packed heads) per program: 128 fits the registers for head_dim <= 128,
+    64 above; 16 on the CPU, where the interpreter is slow."""
     if torch.device(device).type != "cuda":
         return 16
     return 128 if head_dim <= 128 else 64
 
 
+def default_segment_tokens(head_dim: int, device) -> int:
+    """Candidate keys per stripe-scan program (bench/tune.py): shorter segments put more
+    programs in flight, longer ones spend fewer on the pack step."""
+    return 4096
+
+
+def tile_tokens(rows: int, heads: int, pool_block: int) -> tuple[int, int]:
+    """``(rows, tokens)`` of one tile: as many whole tokens as fit ``rows`` (a power of two,
+    raised to fit one token's heads), at most one pooling block, so a tile spans <= 2 pools.
+
+    Tokens need not be a power of two: with 3 heads per KV head, 42 tokens fill 126 of 128 rows
+    (a power-of-two head count padded 3 to 4 and left a quarter of the rows idle).
+    """
+    if rows < 16 or rows & (rows - 1):
+        raise ValueError(f"rows per program must be a power of two >= 16, got {rows}")
+    rows = max(rows, 1 << (heads - 1).bit_length())
+    return rows, min(rows // heads, pool_block)
+
+
 @dataclass
 class AnchorPlan:
     cfg: AnchorConfig
-    tile_m: int  # query tokens per tile; a program holds tile_m * pack rows
+    rows: int  # rows per program (power of two), tile_m * pack of them used
+    tile_m: int  # query tokens per tile (any count <= pool_block)
     pack: int  # query heads per program (see heads_per_program)
     num_heads: int
     num_kv_heads: int
@@ -58,7 +79,8 @@ class AnchorPlan:
     items: torch.Tensor  # [n_items, 7] int32
     segments: torch.Tensor  # [n_segs, 4] int32
     pool_rows: torch.Tensor  # [n_pools] float32, rows present in each pooling block
-    tile_pool: torch.Tensor  # [n_tiles] int64, pooling block of each tile
+    tile_pool: torch.Tensor  # [n_tiles] int64, pooling block of each tile's first token
+    tile_pool_next: torch.Tensor  # [n_tiles] int64, pooling block of its tokens past a pool edge
     list_capacity: int  # stripe-list entries per selector head (sum of candidates)
     num_pools: int
     # host copies, for statistics and tests
@@ -80,8 +102,8 @@ class AnchorPlan:
 
 def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: torch.Tensor | list[int],
                         cfg: AnchorConfig, num_heads: int, num_kv_heads: int, head_dim: int,
-                        device: torch.device | str, tile_m: int | None = None,
-                        segment_tokens: int = 4096) -> AnchorPlan:
+                        device: torch.device | str, rows: int | None = None,
+                        segment_tokens: int | None = None) -> AnchorPlan:
     """Build the work lists of a batch of prefill chunks.
 
     Parameters
@@ -92,20 +114,23 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
     seq_lens:
         ``[B]`` total tokens of each sequence after this chunk (context + chunk), host values.
         The chunk of sequence ``s`` holds absolute positions ``[seq_len - q_len, seq_len)``.
+    rows:
+        Rows (tokens x packed query heads) per anchor/sparse program; default
+        :func:`default_rows`. A launch parameter: bench/tune.py sweeps it.
+    segment_tokens:
+        Candidate keys per stripe-scan program; default :func:`default_segment_tokens`.
     """
     qsl = [int(x) for x in query_start_loc]
     sls = [int(x) for x in seq_lens]
     if len(qsl) != len(sls) + 1:
         raise ValueError(f"query_start_loc has {len(qsl)} entries, expected len(seq_lens)+1 = {len(sls) + 1}")
     pack = heads_per_program(cfg, num_heads, num_kv_heads)
-    tile_m = tile_m or max(1, min(default_rows(head_dim, device) // pack, cfg.pool_block))
-    if tile_m & (tile_m - 1) or cfg.pool_block % tile_m or tile_m * pack < 16:
-        raise ValueError(f"tile_m={tile_m} must be a power of two dividing pool_block={cfg.pool_block} "
-                         f"with tile_m * {pack} packed heads >= 16")
+    rows, tile_m = tile_tokens(rows or default_rows(head_dim, device), pack, cfg.pool_block)
+    segment_tokens = segment_tokens or default_segment_tokens(head_dim, device)
     if segment_tokens <= 0 or segment_tokens % 16:
         raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
     G, b = cfg.group_size, cfg.pool_block
-    tiles, items, segs, pool_rows, tile_pool, item_q = [], [], [], [], [], []
+    tiles, items, segs, pool_rows, tile_pool, tile_pool_next, item_q = [], [], [], [], [], [], []
     list_off = 0
     for s, seq_len in enumerate(sls):
         q_len = qsl[s + 1] - qsl[s]
@@ -121,13 +146,15 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
             item = len(items)
             pool0 = len(pool_rows)
             for p0 in range(g_lo // b * b, g_hi, b):
-                p_lo, p_hi = max(p0, g_lo), min(p0 + b, g_hi)
-                pool = len(pool_rows)
-                pool_rows.append(p_hi - p_lo)
-                for t0 in range(p_lo // tile_m * tile_m, p_hi, tile_m):
-                    t_lo, t_hi = max(t0, p_lo), min(t0 + tile_m, p_hi)
-                    tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item, pool))
-                    tile_pool.append(pool)
+                pool_rows.append(min(p0 + b, g_hi) - max(p0, g_lo))
+            # Tiles sit on absolute multiples of tile_m from the group start, so a token's tile
+            # does not depend on where the chunk begins.
+            for t0 in range(g * G + (g_lo - g * G) // tile_m * tile_m, g_hi, tile_m):
+                t_lo, t_hi = max(t0, g_lo), min(t0 + tile_m, g_hi)
+                first, last = pool0 + t_lo // b - g_lo // b, pool0 + (t_hi - 1) // b - g_lo // b
+                tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item, first))
+                tile_pool.append(first)
+                tile_pool_next.append(last)
             seg0 = len(segs)
             for lo in range(cfg.sink_tokens, cand_end, segment_tokens):
                 segs.append((item, lo, min(lo + segment_tokens, cand_end), list_off + lo - cfg.sink_tokens))
@@ -141,11 +168,12 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
     items_cpu = table(items, 7)
     to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return AnchorPlan(
-        cfg=cfg, tile_m=tile_m, pack=pack, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        cfg=cfg, rows=rows, tile_m=tile_m, pack=pack, num_heads=num_heads, num_kv_heads=num_kv_heads,
         segment_tokens=segment_tokens, num_tokens=qsl[-1],
         tiles=to(table(tiles, 6)), items=to(items_cpu), segments=to(table(segs, 4)),
         pool_rows=to(torch.tensor(pool_rows, dtype=torch.float32)),
         tile_pool=to(torch.tensor(tile_pool, dtype=torch.int64)),
+        tile_pool_next=to(torch.tensor(tile_pool_next, dtype=torch.int64)),
         list_capacity=list_off, num_pools=len(pool_rows),
         items_cpu=items_cpu, item_queries_cpu=torch.tensor(item_q, dtype=torch.int64),
     )

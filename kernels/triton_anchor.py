@@ -1,10 +1,14 @@
 """Step 1: exact attention over the anchor region (sink tokens + local window).
 
 One program per (query tile, query heads of one KV head when GQA lists are shared, else one
-query head): rows are tokens x packed heads, so each K/V row loaded serves them all. Queries attend, causally, to the keys
-``[0, sink)`` and ``[max(sink, g*G - local), i]``; the kernel writes the fp32 online-softmax
-state (row max ``m`` in log2 units = the anchor, row sum ``l``, unnormalized ``acc``) that the
-sparse step continues, plus per-tile sums of the queries and anchors for the stripe pooling.
+query head): rows are tokens x packed heads, so each K/V row loaded serves them all. Queries
+attend, causally, to the keys ``[0, sink)`` and ``[max(sink, g*G - local), i]``; the kernel
+writes the fp32 online-softmax state (row max ``m`` in log2 units = the anchor, row sum ``l``,
+unnormalized ``acc``) that the sparse step continues, plus per-tile sums of the queries and
+anchors for the stripe pooling (two per tile: its rows before and after a pooling-block edge).
+
+Each key span is walked in two parts: whole key blocks that every row of the tile may see
+(no causal mask, no bounds checks), then the blocks that reach the tile's own diagonal.
 """
 import triton
 import triton.language as tl
@@ -14,21 +18,44 @@ from .triton_common import (TILE_NROWS, TILE_POS0, TILE_ROW0, TILE_SEQ, load_kv_
 
 
 @triton.jit
-def _attend_span(acc, m_i, l_i, q, pos_i, lo, hi,
-                 KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Causal attention of the tile to keys ``[lo, hi)``."""
+def _attend_blocks(acc, m_i, l_i, q, pos_i, lo, hi,
+                   KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                   MASKED: tl.constexpr):
+    """Attention of the tile to keys ``[lo, hi)``; ``MASKED=False`` only when ``hi - lo`` is
+    a multiple of ``BLOCK_N`` and every key precedes every row (no causal or bounds mask)."""
     offs_n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
     for j0 in range(lo, hi, BLOCK_N):
         j = j0 + offs_n
         valid = j < hi
-        offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
-        k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM)
+        if MASKED:
+            offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
+        else:
+            page = tl.load(bt_row + j // PAGE)
+            offs = page.to(tl.int64) * stride_kv_block + (j % PAGE).to(tl.int64) * stride_kv_tok + head_off
+        k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM, BLOCK_D, MASKED)
         qk = tl.dot(q, tl.trans(k)) * qk_scale
-        keep = valid[None, :] & (j[None, :] <= pos_i[:, None])
-        qk = tl.where(keep, qk, float("-inf"))
+        if MASKED:
+            keep = valid[None, :] & (j[None, :] <= pos_i[:, None])
+            qk = tl.where(keep, qk, float("-inf"))
         acc, m_i, l_i = online_softmax_update(acc, m_i, l_i, qk, v)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attend_span(acc, m_i, l_i, q, pos_i, pos0, lo, hi,
+                 KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Causal attention of the tile (first row at ``pos0``) to keys ``[lo, hi)``."""
+    # keys < pos0 + 1 are visible to every row: that many whole blocks need no mask
+    bulk_hi = lo + tl.maximum(tl.minimum(hi, pos0 + 1) - lo, 0) // BLOCK_N * BLOCK_N
+    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, pos_i, lo, bulk_hi, KV, bt_row, head_off, PAGE,
+                                   stride_kv_block, stride_kv_tok, qk_scale,
+                                   HEAD_DIM, BLOCK_D, BLOCK_N, False)
+    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, pos_i, bulk_hi, hi, KV, bt_row, head_off, PAGE,
+                                   stride_kv_block, stride_kv_tok, qk_scale,
+                                   HEAD_DIM, BLOCK_D, BLOCK_N, True)
     return acc, m_i, l_i
 
 
@@ -39,10 +66,10 @@ def anchor_kernel(
     BT, stride_bt,
     TILES,
     M_OUT, L_OUT, ACC_OUT,            # [T, H], [T, H], [T, H, BLOCK_D] fp32, contiguous
-    QSUM, MSUM,                        # [n_tiles, H, BLOCK_D], [n_tiles, H] fp32
-    qk_scale, sink, local, group,
-    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr, PACK: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    QSUM, MSUM,                        # [n_tiles, 2, H, BLOCK_D], [n_tiles, 2, H] fp32
+    qk_scale, sink, local, group, pool_block,
+    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     tile = tl.program_id(0)
     hbase = tl.program_id(1) * HEADS
@@ -51,23 +78,23 @@ def anchor_kernel(
     pos0 = tl.load(TILES + tile * 6 + TILE_POS0)
     nrows = tl.load(TILES + tile * 6 + TILE_NROWS)
 
-    tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, TILE_M, PACK, HEADS)
+    tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, ROWS, HEADS)
     d = tl.arange(0, BLOCK_D)
     pos_i = pos0 + tok
     q = tl.load(Q + rows[:, None] * stride_q_tok + head[:, None] * stride_q_head + d[None, :],
                 mask=row_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
 
-    m_i = tl.full([TILE_M * PACK], float("-inf"), tl.float32)
-    l_i = tl.zeros([TILE_M * PACK], tl.float32)
-    acc = tl.zeros([TILE_M * PACK, BLOCK_D], tl.float32)
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
     bt_row = BT + seq.to(tl.int64) * stride_bt
     head_off = (hbase // KV_REP) * stride_kv_head
     hi = pos0 + nrows
-    acc, m_i, l_i = _attend_span(acc, m_i, l_i, q, pos_i, 0, tl.minimum(sink, hi),
+    acc, m_i, l_i = _attend_span(acc, m_i, l_i, q, pos_i, pos0, 0, tl.minimum(sink, hi),
                                  KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
                                  qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N)
     local_lo = tl.maximum(sink, (pos0 // group) * group - local)
-    acc, m_i, l_i = _attend_span(acc, m_i, l_i, q, pos_i, local_lo, hi,
+    acc, m_i, l_i = _attend_span(acc, m_i, l_i, q, pos_i, pos0, local_lo, hi,
                                  KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
                                  qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N)
 
@@ -75,10 +102,23 @@ def anchor_kernel(
     tl.store(M_OUT + ml, m_i, mask=row_ok)
     tl.store(L_OUT + ml, l_i, mask=row_ok)
     tl.store(ACC_OUT + ml[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
-    # Per-head sums over the tile's tokens, for the stripe pooling (invalid rows add zero).
-    qs = tl.sum(tl.reshape(q.to(tl.float32), (TILE_M, PACK, BLOCK_D)), 0)
-    ms = tl.sum(tl.reshape(tl.where(row_ok, m_i, 0.0), (TILE_M, PACK)), 0)
-    p = tl.arange(0, PACK)
-    th = tile.to(tl.int64) * NUM_HEADS + hbase + p
-    tl.store(QSUM + th[:, None] * BLOCK_D + d[None, :], qs, mask=(p < HEADS)[:, None])
-    tl.store(MSUM + th, ms, mask=p < HEADS)
+
+    # Per-head sums of the tile's queries and anchors, for the stripe pooling, split at the
+    # tile's pooling-block edge (a tile spans at most two blocks). A 0/1 head-selection matrix
+    # times q sums each head's rows in one exact fp32 product.
+    edge = (pos0 // pool_block + 1) * pool_block
+    hh = tl.arange(0, HEADS_PAD)
+    r_head = head - hbase
+    is_head = (r_head[None, :] == hh[:, None]) & row_ok[None, :]
+    th = tile.to(tl.int64) * 2 * NUM_HEADS + hbase + hh
+    h_ok = hh < HEADS
+    qf = q.to(tl.float32)
+    for part in tl.static_range(2):
+        if part == 0:
+            sel = is_head & (pos_i < edge)[None, :]
+        else:
+            sel = is_head & (pos_i >= edge)[None, :]
+        qs = tl.dot(sel.to(tl.float32), qf, input_precision="ieee")
+        ms = tl.sum(tl.where(sel, m_i[None, :], 0.0), 1)
+        tl.store(QSUM + (th + part * NUM_HEADS)[:, None] * BLOCK_D + d[None, :], qs, mask=h_ok[:, None])
+        tl.store(MSUM + th + part * NUM_HEADS, ms, mask=h_ok)

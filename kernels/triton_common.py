@@ -32,11 +32,24 @@ def paged_row_offsets(bt_row, pos, valid, PAGE, stride_kv_block, stride_kv_tok, 
 
 
 @triton.jit
-def load_kv_rows(KV, offs, valid, d, HEAD_DIM: tl.constexpr):
-    """Gather ``[BLOCK_N, BLOCK_D]`` K and V rows at element offsets ``offs``."""
-    mask = valid[:, None] & (d[None, :] < HEAD_DIM)
-    k = tl.load(KV + offs[:, None] + d[None, :], mask=mask, other=0.0)
-    v = tl.load(KV + offs[:, None] + HEAD_DIM + d[None, :], mask=mask, other=0.0)
+def load_kv_rows(KV, offs, valid, d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                 MASKED: tl.constexpr):
+    """Gather ``[BLOCK_N, BLOCK_D]`` K and V rows at element offsets ``offs``.
+
+    ``MASKED=False`` when the caller knows every row is valid: with a power-of-two head size
+    the loads then carry no predicate at all.
+    """
+    if MASKED:
+        mask = valid[:, None] & (d[None, :] < HEAD_DIM)
+        k = tl.load(KV + offs[:, None] + d[None, :], mask=mask, other=0.0)
+        v = tl.load(KV + offs[:, None] + HEAD_DIM + d[None, :], mask=mask, other=0.0)
+    elif BLOCK_D == HEAD_DIM:
+        k = tl.load(KV + offs[:, None] + d[None, :])
+        v = tl.load(KV + offs[:, None] + HEAD_DIM + d[None, :])
+    else:
+        mask = d[None, :] < HEAD_DIM
+        k = tl.load(KV + offs[:, None] + d[None, :], mask=mask, other=0.0)
+        v = tl.load(KV + offs[:, None] + HEAD_DIM + d[None, :], mask=mask, other=0.0)
     return k, v
 
 
@@ -57,14 +70,15 @@ def online_softmax_update(acc, m_i, l_i, qk, v):
 
 
 @triton.jit
-def packed_rows(row0, nrows, hbase, TILE_M: tl.constexpr, PACK: tl.constexpr, HEADS: tl.constexpr):
-    """Rows of one program: ``TILE_M`` tokens x ``PACK`` query heads (``HEADS`` of them real).
+def packed_rows(row0, nrows, hbase, ROWS: tl.constexpr, HEADS: tl.constexpr):
+    """Rows of one program: up to ``ROWS // HEADS`` tokens x ``HEADS`` query heads.
 
-    Row ``r`` is token ``r // PACK`` and query head ``hbase + r % PACK``; packing the query heads
-    of one KV head lets every K/V row the program loads serve all of them.
+    Row ``r`` is token ``r // HEADS`` and query head ``hbase + r % HEADS``; packing the query
+    heads of one KV head lets every K/V row the program loads serve all of them. ``HEADS`` need
+    not be a power of two (rows past the last whole token are idle).
     """
-    r = tl.arange(0, TILE_M * PACK)
-    tok = r // PACK
-    head = hbase + r % PACK
-    ok = (tok < nrows) & (r % PACK < HEADS)
+    r = tl.arange(0, ROWS)
+    tok = r // HEADS
+    head = hbase + r % HEADS
+    ok = tok < nrows
     return tok, head, ok, (row0 + tok).to(tl.int64)

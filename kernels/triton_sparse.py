@@ -4,13 +4,23 @@ One program per (query tile, query heads sharing one list: all of a KV head's wi
 lists, else one). The tile's group owns a compacted list of absolute
 key positions (per KV head when GQA lists are shared), which the pack step also stored as cache
 slots; each chunk of ``BLOCK_N`` slots is gathered straight from the paged cache. Every listed key
-lies before the group's local window, so no causal mask is needed.
+lies before the group's local window, so no causal mask is needed, and only the list's last,
+partial chunk needs bounds checks.
 """
 import triton
 import triton.language as tl
 
 from .triton_common import (ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, load_kv_rows,
                             online_softmax_update, packed_rows)
+
+
+@triton.jit
+def _slot_offsets(slot, PAGE, stride_kv_block, stride_kv_tok, head_off, LINEAR_SLOTS: tl.constexpr):
+    """Element offsets of cache slots ``page * PAGE + offset``; ``LINEAR_SLOTS`` when pages are
+    contiguous (``stride_kv_block == PAGE * stride_kv_tok``, vLLM's layout): no division."""
+    if LINEAR_SLOTS:
+        return slot.to(tl.int64) * stride_kv_tok + head_off
+    return (slot // PAGE).to(tl.int64) * stride_kv_block + (slot % PAGE).to(tl.int64) * stride_kv_tok + head_off
 
 
 @triton.jit
@@ -23,9 +33,9 @@ def sparse_kernel(
     M_IN, L_IN, ACC_IN,                         # anchor state from step 1
     OUT, stride_o_tok, stride_o_head,
     qk_scale,
-    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr, PACK: tl.constexpr,
-    SEL_DIV: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr,
+    SEL_DIV: tl.constexpr, LINEAR_SLOTS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     tile = tl.program_id(0)
     hbase = tl.program_id(1) * HEADS
@@ -36,7 +46,7 @@ def sparse_kernel(
     slot_ptr = SLOTS + hs.to(tl.int64) * stride_list_head + tl.load(ITEMS + item * 7 + ITEM_LIST_OFF)
     count = tl.load(COUNTS + item * NUM_SEL + hs)
 
-    tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, TILE_M, PACK, HEADS)
+    tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, ROWS, HEADS)
     offs_n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
     ml = rows * NUM_HEADS + head
@@ -47,12 +57,18 @@ def sparse_kernel(
                 mask=row_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
 
     head_off = (hbase // KV_REP) * stride_kv_head
-    for n0 in range(0, count, BLOCK_N):
-        valid = n0 + offs_n < count
-        slot = tl.load(slot_ptr + n0 + offs_n, mask=valid, other=0)
-        offs = ((slot // PAGE).to(tl.int64) * stride_kv_block + (slot % PAGE).to(tl.int64) * stride_kv_tok
-                + head_off)
-        k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM)
+    full = count // BLOCK_N * BLOCK_N
+    for n0 in range(0, full, BLOCK_N):
+        slot = tl.load(slot_ptr + n0 + offs_n)
+        offs = _slot_offsets(slot, PAGE, stride_kv_block, stride_kv_tok, head_off, LINEAR_SLOTS)
+        k, v = load_kv_rows(KV, offs, offs_n >= 0, d, HEAD_DIM, BLOCK_D, False)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        acc, m_i, l_i = online_softmax_update(acc, m_i, l_i, qk, v)
+    if full < count:
+        valid = full + offs_n < count
+        slot = tl.load(slot_ptr + full + offs_n, mask=valid, other=0)
+        offs = _slot_offsets(slot, PAGE, stride_kv_block, stride_kv_tok, head_off, LINEAR_SLOTS)
+        k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM, BLOCK_D, True)
         qk = tl.dot(q, tl.trans(k)) * qk_scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
         acc, m_i, l_i = online_softmax_update(acc, m_i, l_i, qk, v)

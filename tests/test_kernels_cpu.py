@@ -20,9 +20,9 @@ def small_cfg(**kw) -> AnchorConfig:
     return AnchorConfig(**{**SMALL, **kw})
 
 
-def run(case, cfg, workspace=None):
+def run(case, cfg, workspace=None, rows=None):
     """Plan + anchor_prefill into a NaN-poisoned output; asserts every element was written."""
-    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu")
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu", rows=rows)
     out = torch.full_like(case.q, float("nan"))
     anchor_prefill(case.q, case.kv_cache, case.block_table, plan, case.scale, out=out, workspace=workspace)
     assert torch.isfinite(out).all(), "output rows left unwritten (NaN poison survived)"
@@ -210,3 +210,39 @@ def test_warm_up_runs_once_per_shape(monkeypatch):
     assert len(calls) == 2 and calls[0] % 16 == 0 and calls[1] % 16 == 1  # both specializations
     assert not api.warm_up(4, 2, 16, torch.float32, cfg, device="cpu")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("heads,rows", [((6, 2), 16), ((6, 2), 32), ((10, 2), 32), ((4, 4), 64), ((20, 1), 16)],
+                         ids=["gqa3-r16", "gqa3-r32", "gqa5-r32", "gqa1-r64", "gqa20-r16"])
+def test_plan_tiles_cover_each_token_once_inside_one_group(heads, rows):
+    cfg = small_cfg()
+    qsl, sls = [0, 150, 151, 260], [150, 300, 109]  # whole prompt, one token at 299, chunk at 0
+    plan = plan_anchor_prefill(qsl, sls, cfg, *heads, 16, "cpu", rows=rows)
+    rep = heads[0] // heads[1]
+    assert plan.rows >= rep and plan.rows & (plan.rows - 1) == 0
+    assert plan.tile_m == min(plan.rows // rep, cfg.pool_block) and plan.tile_m * rep <= plan.rows
+    seen = torch.zeros(qsl[-1], dtype=torch.int32)
+    pool_tokens = torch.zeros(plan.num_pools)
+    for (seq, row0, pos0, n, item, pool), nxt in zip(plan.tiles.tolist(), plan.tile_pool_next.tolist()):
+        assert 1 <= n <= plan.tile_m
+        assert pos0 // cfg.group_size == (pos0 + n - 1) // cfg.group_size, "tile crosses a group"
+        assert row0 - qsl[seq] == pos0 - (sls[seq] - (qsl[seq + 1] - qsl[seq]))
+        assert plan.items_cpu[item, 0] == seq
+        seen[row0:row0 + n] += 1
+        edge = (pos0 // cfg.pool_block + 1) * cfg.pool_block
+        before = min(n, edge - pos0)
+        pool_tokens[pool] += before
+        pool_tokens[nxt] += n - before
+        assert nxt == pool + (n > before)
+    assert (seen == 1).all()
+    torch.testing.assert_close(pool_tokens, plan.pool_rows.cpu())
+
+
+@pytest.mark.parametrize("heads,rows", [((6, 2), 32), ((10, 2), 32)], ids=["gqa3-r32", "gqa5-r32"])
+def test_non_power_of_two_head_packing_matches_reference(heads, rows):
+    """Tiles of 10 or 6 tokens straddle pooling blocks; lists and output must not notice."""
+    cfg = small_cfg(theta=2.0)
+    case = make_case([(0, 200), (30, 70)], *heads, 16, seed=12, strong_frac=0.25, strong_gain=1.6)
+    out, _ = run(case, cfg, rows=rows)
+    assert_close_per_sequence(case, out, lambda q, k, v, p: R.anchor_attention(q, k, v, p, case.scale, cfg)[0],
+                              TOL[torch.float32])

@@ -99,3 +99,15 @@ def test_default_config_partial_selection_close_to_reference():
     frac = float(mask.sum() / (cand.sum() * q.shape[1]))
     assert 0.03 < frac < 0.5, frac
     assert R.relative_error(out, ref) < 5e-3
+
+
+@pytest.mark.parametrize("heads", [(9, 3, 64), (10, 2, 128), (12, 2, 256)], ids=["gqa3-d64", "gqa5-d128", "gqa6-d256"])
+def test_odd_gqa_ratios_partial_selection_match_reference(heads):
+    """Query heads per KV head that are not a power of two: 42-, 25- and 10-token tiles that
+    straddle pooling blocks, in bf16, against the fp32 reference of the whole algorithm."""
+    cfg = AnchorConfig(theta=6.0, **CFG)
+    case = make_case(CHUNKS, *heads, dtype=torch.bfloat16, device="cuda", seed=sum(heads),
+                     strong_frac=0.1, strong_gain=3.0)
+    out = _run(case, cfg)
+    assert_close_per_sequence(case, out, lambda q, k, v, p: R.anchor_attention(q, k, v, p, case.scale, cfg)[0],
+                              TOL[torch.bfloat16])

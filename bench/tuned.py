@@ -1,0 +1,61 @@
+"""Run the kernels with launch parameters from ``bench/tune.py`` results instead of the defaults.
+
+``bench/kernels.py --tuned results/tune_*.json`` measures a sweep's winners in the same device
+call that found them; once measured, they are copied into ``kernels/api.py:_launch_opts`` and
+``kernels/plan.py`` (rows, segment size), which is where production reads them. Each file
+applies to its own head size; shapes with other head sizes keep the defaults.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from vllm_anchor.kernels import api, plan
+
+_KNOBS = ("BLOCK_N", "num_warps", "num_stages")
+
+
+def load(path: str) -> tuple[int, dict]:
+    """``(head_dim, {"opts": launch options, "rows": ..., "segment_tokens": ...})`` of a sweep."""
+    res = json.loads(open(path).read())
+    best = res["best"]
+    joint = best.get("joint", best)
+    opts = {k: {n: joint[k][m] for n, m in zip(_KNOBS, ("block_n", "num_warps", "num_stages"))}
+            for k in ("anchor", "sparse")}
+    tuned = {"opts": opts, "rows": best.get("rows")}
+    if "stripe" in best:
+        tuned["scan_block_n"] = best["stripe"]["block_n"]
+        tuned["segment_tokens"] = best["stripe"]["segment_tokens"]
+    return res["heads"][2], tuned
+
+
+def apply(paths: list[str]) -> dict:
+    """Patch the defaults for the head sizes of ``paths``; returns what was applied."""
+    by_dim = dict(load(p) for p in paths)
+    launch, rows, seg = api._launch_opts, plan.default_rows, plan.default_segment_tokens
+
+    def launch_opts(head_dim, device):
+        o = launch(head_dim, device)
+        t = by_dim.get(head_dim)
+        if t is None or device.type != "cuda":
+            return o
+        o = {**o, **t["opts"]}
+        if "scan_block_n" in t:
+            o["scan"] = {**o["scan"], "BLOCK_N": t["scan_block_n"]}
+        return o
+
+    def tuned(head_dim, device, key):
+        t = by_dim.get(head_dim) if torch.device(device).type == "cuda" else None
+        return t.get(key) if t else None
+
+    def default_rows(head_dim, device):
+        return tuned(head_dim, device, "rows") or rows(head_dim, device)
+
+    def default_segment_tokens(head_dim, device):
+        return tuned(head_dim, device, "segment_tokens") or seg(head_dim, device)
+
+    api._launch_opts = launch_opts
+    plan.default_rows = default_rows
+    plan.default_segment_tokens = default_segment_tokens
+    return by_dim

@@ -1,0 +1,48 @@
+"""bench/tuned.py: a tune sweep's winners reach the plan and the launches for their head size only."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from vllm_anchor.kernels import AnchorConfig, api, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_tuned", ROOT / "bench" / "tuned.py")
+tuned = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tuned)
+
+
+def _sweep(tmp_path, head_dim):
+    def row(kind, **kw):
+        return {"kernel": kind, "ms": 1.0, **kw}
+    best = {"anchor": row("anchor", rows=256, block_n=64, num_warps=8, num_stages=3),
+            "sparse": row("sparse", rows=128, block_n=32, num_warps=4, num_stages=5),
+            "stripe": row("stripe", segment_tokens=1024, block_n=64),
+            "rows": 256}
+    best["joint"] = {"anchor": best["anchor"], "sparse": row("sparse", rows=256, block_n=128, num_warps=8,
+                                                              num_stages=2)}
+    path = tmp_path / "tune.json"
+    path.write_text(json.dumps({"heads": [32, 8, head_dim], "best": best}))
+    return path
+
+
+def test_tuned_parameters_apply_to_their_head_size_on_cuda_only(tmp_path, monkeypatch):
+    for name in ("_launch_opts",):
+        monkeypatch.setattr(api, name, getattr(api, name))
+    for name in ("default_rows", "default_segment_tokens"):
+        monkeypatch.setattr(plan, name, getattr(plan, name))
+    cuda = torch.device("cuda")
+    before_64 = api._launch_opts(64, cuda)
+    tuned.apply([str(_sweep(tmp_path, 128))])
+    o = api._launch_opts(128, cuda)
+    # the joint winners (one plan for both kernels), not each kernel's own fastest rows
+    assert o["anchor"] == {"BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+    assert o["sparse"] == {"BLOCK_N": 128, "num_warps": 8, "num_stages": 2}
+    assert o["scan"]["BLOCK_N"] == 64
+    assert plan.default_rows(128, cuda) == 256 and plan.default_segment_tokens(128, cuda) == 1024
+    assert api._launch_opts(64, cuda) == before_64 and plan.default_rows(64, cuda) == 128
+    cpu = plan.plan_anchor_prefill([0, 40], [40], AnchorConfig(group_size=64, pool_block=16), 8, 2, 128, "cpu")
+    assert cpu.rows == 16 and cpu.segment_tokens == 4096
