@@ -29,6 +29,7 @@ def main():
                     help="rows (tokens x packed heads) per anchor/sparse program")
     ap.add_argument("--block-n", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--segment-tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     ap.add_argument("--budget", type=float, default=0.5, help="seconds of timing per point")
     ap.add_argument("--out", required=True)
@@ -52,10 +53,15 @@ def main():
         run_stripe_step(call, ws)
         out = torch.empty_like(q)
         base = dict(call.opts)
-        for kind, bn, warps, stages in itertools.product(("anchor", "sparse"), a.block_n, (4, 8), a.stages):
+        points = itertools.product(("anchor", "sparse"), a.block_n, a.warps, a.stages, (True, False))
+        for kind, bn, warps, stages, split in points:
+            if kind == "sparse" and not split:
+                continue  # the diagonal split is the anchor kernel's option only
             call.opts = {**base, kind: {"BLOCK_N": bn, "num_warps": warps, "num_stages": stages}}
-            fn = (lambda: run_anchor_step(call, ws)) if kind == "anchor" else (lambda: run_sparse_step(call, ws, out))
             row = {"kernel": kind, "rows": tile_rows, "block_n": bn, "num_warps": warps, "num_stages": stages}
+            if kind == "anchor":
+                call.opts["anchor"]["SPLIT_DIAGONAL"] = row["split_diagonal"] = split
+            fn = (lambda: run_anchor_step(call, ws)) if kind == "anchor" else (lambda: run_sparse_step(call, ws, out))
             try:
                 row["ms"] = time_ms(fn, budget_s=a.budget)
             except Exception as e:  # out of shared memory / registers for this combination
@@ -80,7 +86,7 @@ def main():
             print(row, flush=True)
 
     def fastest(kind, tile_rows=None):
-        return min((r for r in rows if r["kernel"] == kind and "ms" in r and tile_rows in (None, r["rows"])),
+        return min((r for r in rows if r["kernel"] == kind and "ms" in r and tile_rows in (None, r.get("rows"))),
                    key=lambda r: r["ms"])
     best = {kind: fastest(kind) for kind in ("anchor", "sparse", "stripe")}
     # the two kernels share one plan, so the rows per program are chosen for their sum

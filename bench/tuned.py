@@ -23,6 +23,8 @@ def load(path: str) -> tuple[int, dict]:
     joint = best.get("joint", best)
     opts = {k: {n: joint[k][m] for n, m in zip(_KNOBS, ("block_n", "num_warps", "num_stages"))}
             for k in ("anchor", "sparse")}
+    if "split_diagonal" in joint["anchor"]:
+        opts["anchor"]["SPLIT_DIAGONAL"] = joint["anchor"]["split_diagonal"]
     tuned = {"opts": opts, "rows": best.get("rows")}
     if "stripe" in best:
         tuned["scan_block_n"] = best["stripe"]["block_n"]

@@ -23,10 +23,10 @@ from .triton_stripes import stripe_pack_kernel, stripe_scan_kernel
 
 
 def _launch_opts(head_dim: int, device: torch.device) -> dict:
-    """Block sizes and num_warps / num_stages per kernel (bench/tune.py on the H100).
+    """Block sizes and num_warps / num_stages per kernel, from bench/tune.py sweeps on the H100.
 
-    The sparse step is latency-bound on its gathers: a deep pipeline (4 stages) of small key
-    blocks wins. The CPU interpreter ignores warps and stages.
+    The sparse step is latency-bound on its gathers: a pipelined loop of small key blocks wins.
+    The CPU interpreter ignores warps and stages.
     """
     if device.type != "cuda":
         return {"anchor": {"BLOCK_N": 16}, "sparse": {"BLOCK_N": 16}, "scan": {"BLOCK_N": 32}}
@@ -34,14 +34,14 @@ def _launch_opts(head_dim: int, device: torch.device) -> dict:
         return {"anchor": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2},
                 "sparse": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2},
                 "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
-    if head_dim <= 64:  # bench/results/tune_smollm2_h100.json (9 q / 3 kv heads, 32k)
+    if head_dim <= 64:  # bench/results/tune_smollm2_shape_h100.json (9 q / 3 kv heads, 32k)
         return {"anchor": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-                "sparse": {"BLOCK_N": 128, "num_warps": 4, "num_stages": 2},
-                "scan": {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
+                "sparse": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+                "scan": {"BLOCK_N": 32, "num_warps": 4, "num_stages": 3}}
     # bench/results/tune_llama8b_shape_h100.json (32 q / 8 kv heads, 128k)
-    return {"anchor": {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
-            "sparse": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 4},
-            "scan": {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
+    return {"anchor": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+            "sparse": {"BLOCK_N": 32, "num_warps": 4, "num_stages": 3},
+            "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
 
 
 @dataclass

@@ -46,10 +46,14 @@ def _attend_blocks(acc, m_i, l_i, q, pos_i, lo, hi,
 @triton.jit
 def _attend_span(acc, m_i, l_i, q, pos_i, pos0, lo, hi,
                  KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                 SPLIT_DIAGONAL: tl.constexpr):
     """Causal attention of the tile (first row at ``pos0``) to keys ``[lo, hi)``."""
     # keys < pos0 + 1 are visible to every row: that many whole blocks need no mask
-    bulk_hi = lo + tl.maximum(tl.minimum(hi, pos0 + 1) - lo, 0) // BLOCK_N * BLOCK_N
+    if SPLIT_DIAGONAL:
+        bulk_hi = lo + tl.maximum(tl.minimum(hi, pos0 + 1) - lo, 0) // BLOCK_N * BLOCK_N
+    else:  # one masked loop (a launch option: bench/tune.py times both)
+        bulk_hi = lo
     acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, pos_i, lo, bulk_hi, KV, bt_row, head_off, PAGE,
                                    stride_kv_block, stride_kv_tok, qk_scale,
                                    HEAD_DIM, BLOCK_D, BLOCK_N, False)
@@ -70,6 +74,7 @@ def anchor_kernel(
     qk_scale, sink, local, group, pool_block,
     NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT_DIAGONAL: tl.constexpr = True,
 ):
     tile = tl.program_id(0)
     hbase = tl.program_id(1) * HEADS
@@ -92,11 +97,11 @@ def anchor_kernel(
     hi = pos0 + nrows
     acc, m_i, l_i = _attend_span(acc, m_i, l_i, q, pos_i, pos0, 0, tl.minimum(sink, hi),
                                  KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
-                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N)
+                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL)
     local_lo = tl.maximum(sink, (pos0 // group) * group - local)
     acc, m_i, l_i = _attend_span(acc, m_i, l_i, q, pos_i, pos0, local_lo, hi,
                                  KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
-                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N)
+                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL)
 
     ml = rows * NUM_HEADS + head
     tl.store(M_OUT + ml, m_i, mask=row_ok)
@@ -105,20 +110,23 @@ def anchor_kernel(
 
     # Per-head sums of the tile's queries and anchors, for the stripe pooling, split at the
     # tile's pooling-block edge (a tile spans at most two blocks). A 0/1 head-selection matrix
-    # times q sums each head's rows in one exact fp32 product.
+    # times q sums each head's rows on the tensor cores: the products are exact and accumulate
+    # in fp32 (fp32 queries take the exact FMA path, not tf32).
     edge = (pos0 // pool_block + 1) * pool_block
     hh = tl.arange(0, HEADS_PAD)
     r_head = head - hbase
     is_head = (r_head[None, :] == hh[:, None]) & row_ok[None, :]
     th = tile.to(tl.int64) * 2 * NUM_HEADS + hbase + hh
     h_ok = hh < HEADS
-    qf = q.to(tl.float32)
     for part in tl.static_range(2):
         if part == 0:
             sel = is_head & (pos_i < edge)[None, :]
         else:
             sel = is_head & (pos_i >= edge)[None, :]
-        qs = tl.dot(sel.to(tl.float32), qf, input_precision="ieee")
+        if q.dtype == tl.float32:
+            qs = tl.dot(sel.to(tl.float32), q, input_precision="ieee")
+        else:
+            qs = tl.dot(sel.to(q.dtype), q)
         ms = tl.sum(tl.where(sel, m_i[None, :], 0.0), 1)
         tl.store(QSUM + (th + part * NUM_HEADS)[:, None] * BLOCK_D + d[None, :], qs, mask=h_ok[:, None])
         tl.store(MSUM + th + part * NUM_HEADS, ms, mask=h_ok)

@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare-url", default=None,
                    help="server B: the same prompts are sent to it too, length by length "
                         "(A/B mode; use two servers, or one would find B's prompts cached)")
+    s.add_argument("--interleave", action="store_true",
+                   help="A/B mode at --concurrency 1: send each prompt to A and B in turn (A B, "
+                        "then B A for the next prompt) instead of all of A's then all of B's, so "
+                        "drift of the host or GPU over the run lands on both servers alike")
     s.add_argument("--labels", default=None,
                    help="comma-separated names of the servers (default: run, or base,compare)")
     s.add_argument("--endpoint", default="/v1/completions", choices=ENDPOINTS,
@@ -183,6 +187,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "--request-rate, else requests would be sent without bound")
     if args.watch_interval <= 0:
         p.error("--watch-interval must be > 0 s")
+    if args.interleave and (not args.compare_url or args.mix or args.concurrency != 1
+                            or math.isfinite(args.request_rate) or args.duration):
+        p.error("--interleave needs --compare-url and one request at a time (--concurrency 1, "
+                "no --request-rate, --duration or --mix)")
     return args
 
 
@@ -380,6 +388,19 @@ async def run_mix(session, labels: list[str], urls: list[str], models: list[str]
     return out
 
 
+async def _interleaved(session, servers, prompts, headers, args) -> dict[str, tuple[list, float]]:
+    """Each prompt to every server in turn, the order reversed on every other prompt (ABBA);
+    per server, its results in prompt order and the time its own requests took."""
+    out = {lab: ([], 0.0) for lab, _, _ in servers}
+    for i, p in enumerate(prompts):
+        for lab, api, model in (servers if i % 2 == 0 else servers[::-1]):
+            res, dur = await run_level(session, api, [(make_body(p, model, args), p.length)],
+                                       headers, args, progress=False)
+            done, spent = out[lab]
+            out[lab] = (done + res, spent + dur)
+    return out
+
+
 async def run_bench(args) -> dict:
     """Run the whole workload; return the result object (also used by the tests)."""
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
@@ -436,15 +457,24 @@ async def run_bench(args) -> dict:
                     prompts = [builder.build(length, i) for i in range(args.num_prompts)]
                     warm = [builder.build(length, f"warmup-{i}")
                             for i in range(args.num_warmups)]
-                    for lab, url, model in zip(labels, urls, names):
-                        api = url.rstrip("/") + args.endpoint
-                        await _warm_up(session, api, warm, model, headers, args, lab)
-                        if watcher and not watcher.steady_from:
-                            await watcher.mark_steady()  # after the first warm-up
-                        bodies = [(make_body(p, model, args), p.length) for p in prompts]
-                        res, dur = await run_level(session, api, bodies, headers, args,
-                                                   desc=f"{lab} {length} tok", progress=progress)
-                        del bodies
+                    servers = [(lab, url.rstrip("/") + args.endpoint, model)
+                               for lab, url, model in zip(labels, urls, names)]
+                    if args.interleave:
+                        for lab, api, model in servers:
+                            await _warm_up(session, api, warm, model, headers, args, lab)
+                        measured = await _interleaved(session, servers, prompts, headers, args)
+                    else:
+                        measured = {}
+                        for lab, api, model in servers:
+                            await _warm_up(session, api, warm, model, headers, args, lab)
+                            if watcher and not watcher.steady_from:
+                                await watcher.mark_steady()  # after the first warm-up
+                            bodies = [(make_body(p, model, args), p.length) for p in prompts]
+                            measured[lab] = await run_level(session, api, bodies, headers, args,
+                                                            desc=f"{lab} {length} tok",
+                                                            progress=progress)
+                            del bodies
+                    for lab, (res, dur) in measured.items():
                         summary = {"input_len": length, **summarize(res, dur, percentiles)}
                         runs[lab].append(summary)
                         _log_summary(lab, f"{length} tok", summary)
@@ -463,6 +493,8 @@ async def run_bench(args) -> dict:
         "ignore_eos": args.ignore_eos, "seed": args.seed, "duration_limit_s": args.duration,
         "timeout_s": args.timeout, "percentiles": percentiles, **describe(builder),
     }
+    if args.interleave:
+        common["interleaved"] = True
     if args.mix:
         common["mix"] = [{"input_len": n, "weight": w} for n, w in args.mix]
     single = {lab: {**common, "label": lab, "base_url": url, "model_id": model,

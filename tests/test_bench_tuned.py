@@ -18,7 +18,7 @@ spec.loader.exec_module(tuned)
 def _sweep(tmp_path, head_dim):
     def row(kind, **kw):
         return {"kernel": kind, "ms": 1.0, **kw}
-    best = {"anchor": row("anchor", rows=256, block_n=64, num_warps=8, num_stages=3),
+    best = {"anchor": row("anchor", rows=256, block_n=64, num_warps=8, num_stages=3, split_diagonal=False),
             "sparse": row("sparse", rows=128, block_n=32, num_warps=4, num_stages=5),
             "stripe": row("stripe", segment_tokens=1024, block_n=64),
             "rows": 256}
@@ -39,7 +39,7 @@ def test_tuned_parameters_apply_to_their_head_size_on_cuda_only(tmp_path, monkey
     tuned.apply([str(_sweep(tmp_path, 128))])
     o = api._launch_opts(128, cuda)
     # the joint winners (one plan for both kernels), not each kernel's own fastest rows
-    assert o["anchor"] == {"BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+    assert o["anchor"] == {"BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "SPLIT_DIAGONAL": False}
     assert o["sparse"] == {"BLOCK_N": 128, "num_warps": 8, "num_stages": 2}
     assert o["scan"]["BLOCK_N"] == 64
     assert plan.default_rows(128, cuda) == 256 and plan.default_segment_tokens(128, cuda) == 1024

@@ -246,3 +246,15 @@ def test_non_power_of_two_head_packing_matches_reference(heads, rows):
     out, _ = run(case, cfg, rows=rows)
     assert_close_per_sequence(case, out, lambda q, k, v, p: R.anchor_attention(q, k, v, p, case.scale, cfg)[0],
                               TOL[torch.float32])
+
+
+def test_anchor_diagonal_split_is_a_pure_speed_option():
+    """Unmasked bulk blocks + masked diagonal give the same state as one masked loop."""
+    cfg = small_cfg(theta=2.0)
+    case = make_case([(30, 100), (0, 70)], 6, 2, 16, seed=13)
+    plan, call, ws = _steps(case, cfg)
+    split = {k: getattr(ws, k).clone() for k in ("m", "l", "acc", "qsum", "msum")}
+    call.opts = {**call.opts, "anchor": {**call.opts["anchor"], "SPLIT_DIAGONAL": False}}
+    run_anchor_step(call, ws)
+    for k, v in split.items():
+        torch.testing.assert_close(getattr(ws, k), v, rtol=1e-5, atol=1e-5, msg=k)

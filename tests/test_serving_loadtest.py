@@ -92,6 +92,8 @@ class FakeServer:
             body = await request.json()
             index = len(srv.requests)
             srv.requests.append(body)
+            if (log := srv.behavior.get("log")) is not None:  # arrival order across servers
+                log.append((srv.behavior.get("name"), body.get("prompt")))
             modes = srv.behavior["modes"]
             mode = modes[index % len(modes)]
             n_prompt = srv._count(body, chat)
@@ -426,6 +428,36 @@ def test_ab_mode_compares_two_servers(servers, tmp_path, capsys):
     assert 2.0 <= row["ttft_speedup_anchor_vs_stock"] <= 4.6, row
     assert "speedup vs stock" in out
     _check_png(tmp_path / "ab.png")
+
+
+def test_interleave_sends_each_prompt_to_both_servers_in_abba_order(servers, tmp_path):
+    a, b = servers
+    log: list = []
+    a.reset(name="A", log=log, itl=0.002)
+    b.reset(name="B", log=log, itl=0.002)
+    data = run(a.url, "--compare-url", b.url, "--labels", "anchor,stock", "--interleave",
+               "--input-lens", "300", "--num-prompts", "4", "--num-warmups", "1",
+               "--output-len", "3", "--no-plot", "--result-dir", str(tmp_path))
+    assert [name for name, _ in log] == ["A", "B"] + ["A", "B", "B", "A"] * 2
+    measured = log[2:]
+    # the same prompt goes to both servers back to back
+    assert all(measured[i][1] == measured[i + 1][1] for i in range(0, 8, 2))
+    assert len({str(p) for _, p in measured}) == 4
+    assert data["interleaved"] is True
+    for lab in ("anchor", "stock"):
+        r = data["runs"][lab]["results"][0]
+        assert r["completed"] == 4 and r["failed"] == 0 and r["median_itl_ms"] >= 1.5
+    assert data["comparison"][0]["input_len"] == 300
+
+
+@pytest.mark.parametrize("extra", [[], ["--concurrency", "2"], ["--request-rate", "5"]])
+def test_interleave_needs_two_servers_one_request_at_a_time(extra, capsys):
+    cmd = ["--base-url", "http://x", "--interleave", *extra]
+    if extra:
+        cmd += ["--compare-url", "http://y"]
+    with pytest.raises(SystemExit):
+        loadtest.parse_args(cmd)
+    assert "--interleave needs" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- units
