@@ -23,12 +23,17 @@ class AnchorSettings:
 
     min_seq_len:
         A prefill request runs the anchor kernels once its context (cached + this chunk)
-        reaches this many tokens; shorter ones run stock FlashAttention. Below ~16k tokens the
-        anchor region is most of the work and FA3 is faster (bench/results/kernels_*).
+        reaches this many tokens; shorter ones run stock FlashAttention. On SmolLM2 the whole
+        path breaks even with FA3 near 20k tokens (0.84x at 16k, 1.46x at 32k at theta 12:
+        bench/results/kernels_smollm2_h200.json), so a 32k prompt's first 16k chunk stays dense.
     density_guard:
         Largest stripe density (selected / candidate keys, averaged over the chunk) for which
         the sparse step runs; above it the chunk runs dense FlashAttention instead, so
         near-uniform attention is never much slower than stock. ``1.0`` disables the guard.
+        Per layer, sparse breaks even with FA3 near density 0.4 at 16k and 0.6 at 32k on
+        SmolLM2, 0.5-0.6 on the Llama-8B shape at 32k-128k; 0.5 took SmolLM2's 131000-token TTFT
+        from 0.83x to 0.58x of stock (bench/results/serving/ttft_*_h200.json). It does not
+        change what a sparse layer attends to (theta does), only which layers run sparse.
     layers:
         ``"all"`` or a comma list of layer indices and ranges (``"0-3,7"``) that use anchor.
     enabled:
@@ -36,8 +41,8 @@ class AnchorSettings:
     """
 
     kernel: AnchorConfig = field(default_factory=AnchorConfig)
-    min_seq_len: int = 16384
-    density_guard: float = 0.3
+    min_seq_len: int = 24576
+    density_guard: float = 0.5
     layers: str = "all"
     enabled: bool = True
 
