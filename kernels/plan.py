@@ -65,7 +65,9 @@ def tile_tokens(rows: int, heads: int, pool_block: int) -> tuple[int, int]:
     if rows < 16 or rows & (rows - 1):
         raise ValueError(f"rows per program must be a power of two >= 16, got {rows}")
     rows = max(rows, 1 << (heads - 1).bit_length())
-    return rows, min(rows // heads, pool_block)
+    tokens = min(rows // heads, pool_block)
+    # a pooling block smaller than the rows would leave rows idle: shrink the program instead
+    return max(16, 1 << (tokens * heads - 1).bit_length()), tokens
 
 
 @dataclass

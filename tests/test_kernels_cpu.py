@@ -212,8 +212,9 @@ def test_warm_up_runs_once_per_shape(monkeypatch):
     assert len(calls) == 2
 
 
-@pytest.mark.parametrize("heads,rows", [((6, 2), 16), ((6, 2), 32), ((10, 2), 32), ((4, 4), 64), ((20, 1), 16)],
-                         ids=["gqa3-r16", "gqa3-r32", "gqa5-r32", "gqa1-r64", "gqa20-r16"])
+@pytest.mark.parametrize("heads,rows", [((6, 2), 16), ((6, 2), 32), ((10, 2), 32), ((4, 4), 64), ((20, 1), 16),
+                                        ((2, 2), 128)],
+                         ids=["gqa3-r16", "gqa3-r32", "gqa5-r32", "gqa1-r64", "gqa20-r16", "gqa1-r128-pool16"])
 def test_plan_tiles_cover_each_token_once_inside_one_group(heads, rows):
     cfg = small_cfg()
     qsl, sls = [0, 150, 151, 260], [150, 300, 109]  # whole prompt, one token at 299, chunk at 0
@@ -221,6 +222,7 @@ def test_plan_tiles_cover_each_token_once_inside_one_group(heads, rows):
     rep = heads[0] // heads[1]
     assert plan.rows >= rep and plan.rows & (plan.rows - 1) == 0
     assert plan.tile_m == min(plan.rows // rep, cfg.pool_block) and plan.tile_m * rep <= plan.rows
+    assert plan.rows == 16 or plan.tile_m * rep > plan.rows // 2, "more than half the rows idle"
     seen = torch.zeros(qsl[-1], dtype=torch.int32)
     pool_tokens = torch.zeros(plan.num_pools)
     for (seq, row0, pos0, n, item, pool), nxt in zip(plan.tiles.tolist(), plan.tile_pool_next.tolist()):
