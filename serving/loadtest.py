@@ -462,6 +462,8 @@ async def run_bench(args) -> dict:
                     if args.interleave:
                         for lab, api, model in servers:
                             await _warm_up(session, api, warm, model, headers, args, lab)
+                        if watcher and not watcher.steady_from:
+                            await watcher.mark_steady()
                         measured = await _interleaved(session, servers, prompts, headers, args)
                     else:
                         measured = {}
