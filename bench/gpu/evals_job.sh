@@ -35,6 +35,6 @@ for run in "8001 default" "8004 theta8"; do
     --output-len 16 --no-progress --result-dir $R --result-filename ttft_smollm2_$2_vs_stock 2>&1 | tail -14
   echo "ttft $2: $((SECONDS - T)) s"; T=$SECONDS
 done
-for p in 8001 8003 8004; do echo "== $p"; curl -s http://127.0.0.1:$p/metrics | grep -E "^vllm_anchor_(prefill_layer_calls|density_fallbacks)_total" | awk '{s[$1 ~ /fallback/]+=$2} END {print "anchor layer calls", s[0], "dense fallbacks", s[1]}'; done
+for p in 8001 8003 8004; do anchor_metrics $p $R/metrics_$p.txt; done
 stop_servers $P1 $P2 $P3 $P4
 tar czf "$OUT/evals_job.tar.gz" -C /tmp res; ls -la "$OUT"; date

@@ -26,7 +26,7 @@ timeout 60 python3 "$REPO/bench/exact_http.py" --a http://127.0.0.1:8003 --b htt
   --tokenizer "$SMOLLM2" --length 16384 --out $R/exact_anchor_inf_v1_vs_fa_v1.json
 timeout 60 python3 "$REPO/bench/exact_http.py" --a http://127.0.0.1:8002 --b http://127.0.0.1:8004 \
   --tokenizer "$SMOLLM2" --length 16384 --out $R/exact_fa_v2_vs_fa_v1.json
-curl -s http://127.0.0.1:8003/metrics | grep -E "^vllm_anchor_prefill_layer_calls_total" | awk '{s+=$2} END {print "8003 anchor layer calls:", s}'
+anchor_metrics 8003 $R/metrics_8003.txt
 timeout 200 python3 "$REPO/bench/longctx_eval.py" --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
   --labels anchor_per_head,stock --tokenizer "$SMOLLM2" --lengths 8000 16000 32000 --samples 10 --concurrency 8 \
   --out $R/longctx_smollm2_per_head_vs_stock.json 2>&1 | grep -v "^\[longctx\] [0-9]*/" | tail -4
@@ -35,7 +35,6 @@ timeout 100 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url htt
   --labels anchor_per_head,stock --tokenizer "$SMOLLM2" --input-lens 8K,16K,32000 --num-prompts 8 --num-warmups 2 \
   --output-len 16 --no-progress --result-dir $R --result-filename ttft_smollm2_per_head_vs_stock 2>&1 | tail -6
 echo "ttft: $((SECONDS - T)) s"
-curl -s http://127.0.0.1:8001/metrics | grep -E "^vllm_anchor" > $R/metrics_8001.txt
-awk '/^vllm_anchor_prefill_layer_calls_total/ {c+=$2} /^vllm_anchor_density_fallbacks_total/ {f+=$2} END {print "8001 anchor layer calls", c, "dense fallbacks", f}' $R/metrics_8001.txt
+anchor_metrics 8001 $R/metrics_8001.txt
 stop_servers $P1 $P2 $P3 $P4
 tar czf "$OUT/per_head_job.tar.gz" -C /tmp res; date

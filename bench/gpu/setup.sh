@@ -49,3 +49,11 @@ serve_fa() {
   python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port $port --attention-backend FLASH_ATTN \
     --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" "$@" > $R/server_$port.log 2>&1 &
 }
+
+# anchor_metrics PORT FILE: the server's vllm_anchor_* /metrics lines into FILE, and one line with
+# its anchor layer calls and dense fallbacks summed over layers.
+anchor_metrics() {
+  curl -s "http://127.0.0.1:$1/metrics" | grep -E "^vllm_anchor" > "$2"
+  awk -v port="$1" '/^vllm_anchor_prefill_layer_calls_total/ {c+=$2} /^vllm_anchor_density_fallbacks_total/ {f+=$2}
+    END {print "port", port, "anchor layer calls", c+0, "dense fallbacks", f+0}' "$2"
+}

@@ -12,7 +12,6 @@ wait_healthy 8001 $PA 360 && wait_healthy 8002 $PF 120 || { tail -40 $R/server_*
 timeout 240 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
   --labels anchor_per_head,stock --tokenizer "$SMOLLM2" --input-lens 32K,131000 --num-prompts 6 --num-warmups 1 \
   --output-len 64 --no-progress --result-dir $R --result-filename ttft_128k_per_head_vs_stock 2>&1 | tail -8
-curl -s http://127.0.0.1:8001/metrics | grep -E "^vllm_anchor" > $R/metrics_anchor.txt
-awk '/^vllm_anchor_prefill_layer_calls_total/ {c+=$2} /^vllm_anchor_density_fallbacks_total/ {f+=$2} END {print "anchor layer calls", c, "dense fallbacks", f}' $R/metrics_anchor.txt
+anchor_metrics 8001 $R/metrics_anchor.txt
 stop_servers $PA $PF
 tar czf "$OUT/ttft128k_job.tar.gz" -C /tmp res128; date
