@@ -343,11 +343,16 @@ def main(argv=None):
         p.add_argument("--out", required=True)
         p.add_argument("--tuned", nargs="+", default=[], metavar="TUNE_JSON",
                        help="launch parameters from bench/tune.py results instead of the defaults")
+        p.add_argument("--launch", nargs="+", default=[], metavar="KERNEL.OPTION=VALUE",
+                       help="override single launch options, e.g. anchor.RESCALE_TAU=0 (after --tuned)")
     args = ap.parse_args(argv)
     meta = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     if args.tuned:
         import tuned
         meta["tuned"] = {str(d): t for d, t in tuned.apply(args.tuned).items()}
+    if args.launch:
+        import tuned
+        meta["launch_overrides"] = tuned.override(args.launch)
     try:
         import triton
         import vllm

@@ -31,6 +31,9 @@ def main():
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--segment-tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    ap.add_argument("--rescale-tau", type=float, nargs="+", default=None,
+                    help="lazy softmax rescale thresholds to sweep (0 = rescale every block); "
+                         "default: only the kernels' default")
     ap.add_argument("--budget", type=float, default=0.5, help="seconds of timing per point")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -53,12 +56,15 @@ def main():
         run_stripe_step(call, ws)
         out = torch.empty_like(q)
         base = dict(call.opts)
-        points = itertools.product(("anchor", "sparse"), a.block_n, a.warps, a.stages, (True, False))
-        for kind, bn, warps, stages, split in points:
+        taus = a.rescale_tau or [base["anchor"].get("RESCALE_TAU", 0.0)]
+        points = itertools.product(("anchor", "sparse"), a.block_n, a.warps, a.stages, (True, False), taus)
+        for kind, bn, warps, stages, split, tau in points:
             if kind == "sparse" and not split:
                 continue  # the diagonal split is the anchor kernel's option only
-            call.opts = {**base, kind: {"BLOCK_N": bn, "num_warps": warps, "num_stages": stages}}
-            row = {"kernel": kind, "rows": tile_rows, "block_n": bn, "num_warps": warps, "num_stages": stages}
+            call.opts = {**base, kind: {**base[kind], "BLOCK_N": bn, "num_warps": warps, "num_stages": stages,
+                                        "RESCALE_TAU": tau}}
+            row = {"kernel": kind, "rows": tile_rows, "block_n": bn, "num_warps": warps, "num_stages": stages,
+                   "rescale_tau": tau}
             if kind == "anchor":
                 call.opts["anchor"]["SPLIT_DIAGONAL"] = row["split_diagonal"] = split
             fn = (lambda: run_anchor_step(call, ws)) if kind == "anchor" else (lambda: run_sparse_step(call, ws, out))

@@ -25,6 +25,9 @@ def load(path: str) -> tuple[int, dict]:
             for k in ("anchor", "sparse")}
     if "split_diagonal" in joint["anchor"]:
         opts["anchor"]["SPLIT_DIAGONAL"] = joint["anchor"]["split_diagonal"]
+    for k in ("anchor", "sparse"):
+        if "rescale_tau" in joint[k]:
+            opts[k]["RESCALE_TAU"] = joint[k]["rescale_tau"]
     tuned = {"opts": opts, "rows": best.get("rows")}
     if "stripe" in best:
         tuned["scan_block_n"] = best["stripe"]["block_n"]
@@ -42,7 +45,7 @@ def apply(paths: list[str]) -> dict:
         t = by_dim.get(head_dim)
         if t is None or device.type != "cuda":
             return o
-        o = {**o, **t["opts"]}
+        o = {**o, **{k: {**o[k], **v} for k, v in t["opts"].items()}}
         if "scan_block_n" in t:
             o["scan"] = {**o["scan"], "BLOCK_N": t["scan_block_n"]}
         return o
@@ -61,3 +64,24 @@ def apply(paths: list[str]) -> dict:
     plan.default_rows = default_rows
     plan.default_segment_tokens = default_segment_tokens
     return by_dim
+
+
+def override(pairs: list[str]) -> dict:
+    """Patch single launch options for every head size: ``["sparse.RESCALE_TAU=0", ...]``
+    (``KERNEL.OPTION=VALUE``, KERNEL one of anchor / sparse / scan). Used to time the previous
+    default beside the current one in the same device call. Returns what was applied."""
+    patch: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        kind, _, name = key.partition(".")
+        if kind not in ("anchor", "sparse", "scan") or not name or not value:
+            raise ValueError(f"--launch wants KERNEL.OPTION=VALUE with KERNEL anchor/sparse/scan, got {pair!r}")
+        patch.setdefault(kind, {})[name] = json.loads(value.lower() if value in ("True", "False") else value)
+    launch = api._launch_opts
+
+    def launch_opts(head_dim, device):
+        o = launch(head_dim, device)
+        return {k: {**v, **patch.get(k, {})} for k, v in o.items()}
+
+    api._launch_opts = launch_opts
+    return patch

@@ -22,26 +22,33 @@ from .triton_sparse import sparse_kernel
 from .triton_stripes import stripe_pack_kernel, stripe_scan_kernel
 
 
+# Lazy softmax rescale threshold in log2 units (FlashAttention-4's choice): p <= 2**8.
+RESCALE_TAU = 8.0
+
+
 def _launch_opts(head_dim: int, device: torch.device) -> dict:
     """Block sizes and num_warps / num_stages per kernel, from bench/tune.py sweeps on the H100.
 
     The sparse step is latency-bound on its gathers: a pipelined loop of small key blocks wins.
-    The CPU interpreter ignores warps and stages.
+    The CPU interpreter ignores warps and stages. ``RESCALE_TAU`` (the lazy softmax rescale,
+    see ``triton_common.online_softmax_update``) is the same everywhere, so the CPU tests run
+    the GPU's code path.
     """
+    lazy = {"RESCALE_TAU": RESCALE_TAU}
     if device.type != "cuda":
-        return {"anchor": {"BLOCK_N": 16}, "sparse": {"BLOCK_N": 16}, "scan": {"BLOCK_N": 32}}
+        return {"anchor": {"BLOCK_N": 16, **lazy}, "sparse": {"BLOCK_N": 16, **lazy}, "scan": {"BLOCK_N": 32}}
     if head_dim > 128:
-        return {"anchor": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2},
-                "sparse": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2},
+        return {"anchor": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2, **lazy},
+                "sparse": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2, **lazy},
                 "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
     if head_dim <= 64:  # bench/results/tune_smollm2_shape_{h200,rows_h100}.json (9 q / 3 kv heads, 32k)
-        return {"anchor": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-                "sparse": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+        return {"anchor": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2, **lazy},
+                "sparse": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2, **lazy},
                 "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
     # bench/results/tune_llama8b_shape_h200.json (32 q / 8 kv heads, 128k; the H100 sweep of the
     # same kernels ranks these within 3% of its best)
-    return {"anchor": {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
-            "sparse": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    return {"anchor": {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, **lazy},
+            "sparse": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3, **lazy},
             "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
 
 

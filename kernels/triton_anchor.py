@@ -13,17 +13,18 @@ Each key span is walked in two parts: whole key blocks that every row of the til
 import triton
 import triton.language as tl
 
-from .triton_common import (TILE_NROWS, TILE_POS0, TILE_ROW0, TILE_SEQ, load_kv_rows,
+from .triton_common import (TILE_NROWS, TILE_POS0, TILE_ROW0, TILE_SEQ, rescale_state, load_kv_rows,
                             online_softmax_update, packed_rows, paged_row_offsets)
 
 
 @triton.jit
-def _attend_blocks(acc, m_i, l_i, q, pos_i, lo, hi,
+def _attend_blocks(acc, m_i, l_i, m_max, q, pos_i, lo, hi,
                    KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                   MASKED: tl.constexpr):
+                   MASKED: tl.constexpr, RESCALE_TAU: tl.constexpr):
     """Attention of the tile to keys ``[lo, hi)``; ``MASKED=False`` only when ``hi - lo`` is
-    a multiple of ``BLOCK_N`` and every key precedes every row (no causal or bounds mask)."""
+    a multiple of ``BLOCK_N`` and every key precedes every row (no causal or bounds mask).
+    ``m_max`` is the true row max (the anchor), which the lazy stabilizer ``m_i`` may lag."""
     offs_n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
     for j0 in range(lo, hi, BLOCK_N):
@@ -35,32 +36,33 @@ def _attend_blocks(acc, m_i, l_i, q, pos_i, lo, hi,
             page = tl.load(bt_row + j // PAGE)
             offs = page.to(tl.int64) * stride_kv_block + (j % PAGE).to(tl.int64) * stride_kv_tok + head_off
         k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM, BLOCK_D, MASKED)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k))
         if MASKED:
             keep = valid[None, :] & (j[None, :] <= pos_i[:, None])
-            qk = tl.where(keep, qk, float("-inf"))
-        acc, m_i, l_i = online_softmax_update(acc, m_i, l_i, qk, v)
-    return acc, m_i, l_i
+            s = tl.where(keep, s, float("-inf"))
+        acc, m_i, l_i, m_blk = online_softmax_update(acc, m_i, l_i, s, v, qk_scale, RESCALE_TAU)
+        m_max = tl.maximum(m_max, m_blk)
+    return acc, m_i, l_i, m_max
 
 
 @triton.jit
-def _attend_span(acc, m_i, l_i, q, pos_i, pos0, lo, hi,
+def _attend_span(acc, m_i, l_i, m_max, q, pos_i, pos0, lo, hi,
                  KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                 SPLIT_DIAGONAL: tl.constexpr):
+                 SPLIT_DIAGONAL: tl.constexpr, RESCALE_TAU: tl.constexpr):
     """Causal attention of the tile (first row at ``pos0``) to keys ``[lo, hi)``."""
     # keys < pos0 + 1 are visible to every row: that many whole blocks need no mask
     if SPLIT_DIAGONAL:
         bulk_hi = lo + tl.maximum(tl.minimum(hi, pos0 + 1) - lo, 0) // BLOCK_N * BLOCK_N
     else:  # one masked loop (a launch option: bench/tune.py times both)
         bulk_hi = lo
-    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, pos_i, lo, bulk_hi, KV, bt_row, head_off, PAGE,
-                                   stride_kv_block, stride_kv_tok, qk_scale,
-                                   HEAD_DIM, BLOCK_D, BLOCK_N, False)
-    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, pos_i, bulk_hi, hi, KV, bt_row, head_off, PAGE,
-                                   stride_kv_block, stride_kv_tok, qk_scale,
-                                   HEAD_DIM, BLOCK_D, BLOCK_N, True)
-    return acc, m_i, l_i
+    acc, m_i, l_i, m_max = _attend_blocks(acc, m_i, l_i, m_max, q, pos_i, lo, bulk_hi, KV, bt_row,
+                                          head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                                          HEAD_DIM, BLOCK_D, BLOCK_N, False, RESCALE_TAU)
+    acc, m_i, l_i, m_max = _attend_blocks(acc, m_i, l_i, m_max, q, pos_i, bulk_hi, hi, KV, bt_row,
+                                          head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                                          HEAD_DIM, BLOCK_D, BLOCK_N, True, RESCALE_TAU)
+    return acc, m_i, l_i, m_max
 
 
 @triton.jit
@@ -74,7 +76,7 @@ def anchor_kernel(
     qk_scale, sink, local, group, pool_block,
     NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT_DIAGONAL: tl.constexpr = True,
+    SPLIT_DIAGONAL: tl.constexpr = True, RESCALE_TAU: tl.constexpr = 0.0,
 ):
     tile = tl.program_id(0)
     hbase = tl.program_id(1) * HEADS
@@ -90,18 +92,23 @@ def anchor_kernel(
                 mask=row_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
 
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    m_max = tl.full([ROWS], float("-inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
     bt_row = BT + seq.to(tl.int64) * stride_bt
     head_off = (hbase // KV_REP) * stride_kv_head
     hi = pos0 + nrows
-    acc, m_i, l_i = _attend_span(acc, m_i, l_i, q, pos_i, pos0, 0, tl.minimum(sink, hi),
-                                 KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
-                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL)
+    acc, m_i, l_i, m_max = _attend_span(acc, m_i, l_i, m_max, q, pos_i, pos0, 0, tl.minimum(sink, hi),
+                                        KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
+                                        qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL, RESCALE_TAU)
     local_lo = tl.maximum(sink, (pos0 // group) * group - local)
-    acc, m_i, l_i = _attend_span(acc, m_i, l_i, q, pos_i, pos0, local_lo, hi,
-                                 KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
-                                 qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL)
+    acc, m_i, l_i, m_max = _attend_span(acc, m_i, l_i, m_max, q, pos_i, pos0, local_lo, hi,
+                                        KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
+                                        qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL, RESCALE_TAU)
+    if RESCALE_TAU > 0:
+        # the stored m is the anchor (the true row max over the region), and the sparse step
+        # continues from it: move the lazy stabilizer there once
+        acc, m_i, l_i = rescale_state(acc, m_i, l_i, m_max)
 
     ml = rows * NUM_HEADS + head
     tl.store(M_OUT + ml, m_i, mask=row_ok)

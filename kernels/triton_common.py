@@ -54,19 +54,42 @@ def load_kv_rows(KV, offs, valid, d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constex
 
 
 @triton.jit
-def online_softmax_update(acc, m_i, l_i, qk, v):
-    """One flash-attention step in log2 units; ``qk`` is scaled and masked with -inf.
+def rescale_state(acc, m_i, l_i, m_blk):
+    """Move the state's stabilizer to ``max(m_i, m_blk)``. Rows that have seen no key yet keep
+    ``m = -inf`` with ``acc = l = 0`` (the guard keeps them from turning into NaN)."""
+    m_new = tl.maximum(m_i, m_blk)
+    alpha = tl.math.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new))
+    return acc * alpha[:, None], m_new, l_i * alpha
 
-    ``out = acc / l`` at the end. Rows that have seen no key yet keep ``m = -inf``; the guard
-    keeps them at ``acc = l = 0`` instead of producing NaN.
+
+@triton.jit
+def online_softmax_update(acc, m_i, l_i, s, v, qk_scale, RESCALE_TAU: tl.constexpr):
+    """One flash-attention step. ``s`` = raw scores ``q.k`` masked with -inf; ``m_i`` is in
+    scaled log2 units (``s * qk_scale``); ``out = acc / l`` at the end.
+
+    ``m_i`` is only the exponent's stabilizer. With ``RESCALE_TAU == 0`` it is the running row
+    max, so every step rescales ``acc`` (a [rows, D] multiply waiting on the previous P.V
+    product). With ``RESCALE_TAU > 0`` the tile rescales only when some row's block max exceeds
+    its stabilizer by more than ``RESCALE_TAU`` (log2 units), as FlashAttention-4 does: ``p``
+    then stays <= 2**RESCALE_TAU, which fp32 sums and a 16-bit P.V product hold exactly as well.
+    After the anchor state, whose max covers the strongest keys, the sparse step almost never
+    rescales. The result is the same softmax; only the rounding differs.
+
+    Returns the new state and the block's row max (scaled): callers that need the true row max
+    (the anchor) track it themselves.
     """
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.math.exp2(m_i - m_safe)
-    p = tl.math.exp2(qk - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return acc, m_new, l_i
+    m_blk = tl.max(s, 1) * qk_scale
+    if RESCALE_TAU > 0:
+        grow = tl.max(tl.where(m_blk > m_i, m_blk - m_i, 0.0), 0)
+        if grow > RESCALE_TAU:
+            acc, m_i, l_i = rescale_state(acc, m_i, l_i, m_blk)
+    else:
+        acc, m_i, l_i = rescale_state(acc, m_i, l_i, m_blk)
+    # one FMA per score: the scale is folded into the exponent
+    p = tl.math.exp2(s * qk_scale - tl.where(m_i == float("-inf"), 0.0, m_i)[:, None])
+    l_i = l_i + tl.sum(p, 1)
+    acc = acc + tl.dot(p.to(v.dtype), v)
+    return acc, m_i, l_i, m_blk
 
 
 @triton.jit

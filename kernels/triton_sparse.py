@@ -36,6 +36,7 @@ def sparse_kernel(
     NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr,
     SEL_DIV: tl.constexpr, LINEAR_SLOTS: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    RESCALE_TAU: tl.constexpr = 0.0,
 ):
     tile = tl.program_id(0)
     hbase = tl.program_id(1) * HEADS
@@ -62,16 +63,15 @@ def sparse_kernel(
         slot = tl.load(slot_ptr + n0 + offs_n)
         offs = _slot_offsets(slot, PAGE, stride_kv_block, stride_kv_tok, head_off, LINEAR_SLOTS)
         k, v = load_kv_rows(KV, offs, offs_n >= 0, d, HEAD_DIM, BLOCK_D, False)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
-        acc, m_i, l_i = online_softmax_update(acc, m_i, l_i, qk, v)
+        s = tl.dot(q, tl.trans(k))
+        acc, m_i, l_i, _m = online_softmax_update(acc, m_i, l_i, s, v, qk_scale, RESCALE_TAU)
     if full < count:
         valid = full + offs_n < count
         slot = tl.load(slot_ptr + full + offs_n, mask=valid, other=0)
         offs = _slot_offsets(slot, PAGE, stride_kv_block, stride_kv_tok, head_off, LINEAR_SLOTS)
         k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM, BLOCK_D, True)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
-        qk = tl.where(valid[None, :], qk, float("-inf"))
-        acc, m_i, l_i = online_softmax_update(acc, m_i, l_i, qk, v)
+        s = tl.where(valid[None, :], tl.dot(q, tl.trans(k)), float("-inf"))
+        acc, m_i, l_i, _m = online_softmax_update(acc, m_i, l_i, s, v, qk_scale, RESCALE_TAU)
 
     out = acc / l_i[:, None]
     tl.store(OUT + rows[:, None] * stride_o_tok + head[:, None] * stride_o_head + d[None, :],

@@ -260,3 +260,42 @@ def test_anchor_diagonal_split_is_a_pure_speed_option():
     run_anchor_step(call, ws)
     for k, v in split.items():
         torch.testing.assert_close(getattr(ws, k), v, rtol=1e-5, atol=1e-5, msg=k)
+
+
+def _with_tau(call, tau):
+    call.opts = {**call.opts, **{k: {**call.opts[k], "RESCALE_TAU": tau} for k in ("anchor", "sparse")}}
+
+
+def test_lazy_rescale_is_a_pure_speed_option():
+    """Lazy rescaling (stabilizer kept until a block max exceeds it by more than tau) gives the
+    same anchor, the same normalized state and the same output as rescaling every block."""
+    cfg = small_cfg(theta=3.0)
+    # strong columns (gain 3) lift some block maxima far above the first block's, plain noise
+    # only a little: both the rescale branch and the lazy path run
+    case = make_case([(40, 200), (0, 150)], 6, 2, 16, seed=14, strong_frac=0.15, strong_gain=3.0)
+    plan, call, ws = _steps(case, cfg)
+    k, _ = case.seq_kv(1)
+    q = case.seq_q(1).float()
+    scores = torch.einsum("thd,khd->thk", q, k.repeat_interleave(3, 1))
+    scores = scores * case.scale * math.log2(math.e)
+    causal = torch.arange(k.shape[0])[None, None, :] <= torch.arange(q.shape[0])[:, None, None]
+    true_max = scores.masked_fill(~causal, -INF).amax(-1)
+    first_block = scores[:, :, :16].masked_fill(~causal[:, :, :16], -INF).amax(-1)
+    grow = (true_max - first_block)[16:]
+    assert (grow > 8).any() and ((grow > 0) & (grow < 8)).any(), "input would not exercise both paths"
+
+    outs, states = {}, {}
+    for tau in (0.0, 0.5, 8.0):
+        _with_tau(call, tau)
+        run_anchor_step(call, ws)
+        states[tau] = (ws.m.clone(), ws.acc[..., :16] / ws.l[..., None])
+        run_stripe_step(call, ws)
+        outs[tau] = torch.full_like(case.q, float("nan"))
+        run_sparse_step(call, ws, outs[tau])
+    for tau in (0.5, 8.0):
+        torch.testing.assert_close(states[tau][0], states[0.0][0], rtol=0, atol=1e-6, msg="anchor (row max)")
+        torch.testing.assert_close(states[tau][1], states[0.0][1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outs[tau], outs[0.0], rtol=1e-5, atol=1e-5)
+    assert_close_per_sequence(case, outs[8.0],
+                              lambda q, k, v, p: R.anchor_attention(q, k, v, p, case.scale, cfg)[0],
+                              TOL[torch.float32])

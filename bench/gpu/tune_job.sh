@@ -4,8 +4,10 @@
 #      shape (9/3 heads, d 64) at 32k
 #   B: synthetic benchmark and SmolLM2 benchmark (real Q/K/V, every layer, theta 8-16, then step
 #      times at 32k) with A's winners
+#   L: with the lazy softmax rescale on (RESCALE_TAU 8), sweep block sizes / warps / stages again
+#      for both shapes, then time the winners (synthetic 128k/10%, SmolLM2 32k steps)
 # The winners are then copied into kernels/api.py:_launch_opts and kernels/plan.py.
-# Usage on the GPU host: bash bench/gpu/tune_job.sh A|B   (results under $OUT)
+# Usage on the GPU host: bash bench/gpu/tune_job.sh A|B|L   (results under $OUT)
 source bench/gpu/setup.sh
 cd /tmp
 T=/tmp/tune; mkdir -p $T
@@ -26,6 +28,17 @@ B)
   timeout 120 python3 "$REPO/bench/kernels.py" smollm2 --model "$SMOLLM2" --tuned $T/tune_smollm2_shape.json \
     --lengths 32768 --thetas 8 10 12 --steps --out $T/kernels_smollm2_steps.json 2>&1 | grep '^{' \
     | tee $T/kernels_smollm2_steps.log | cut -c1-200
+  ;;
+L)
+  timeout 210 python3 "$REPO/bench/tune.py" --tokens 131072 --rows 128 --block-n 32 64 128 --warps 4 8 \
+    --stages 2 3 --rescale-tau 8 --segment-tokens 4096 --budget 0.2 --out $T/tune_llama8b_shape_lazy.json 2>&1 | tail -1
+  timeout 150 python3 "$REPO/bench/tune.py" --tokens 32768 --heads 9 3 64 --rows 128 --block-n 64 128 --warps 4 8 \
+    --stages 2 3 --rescale-tau 8 --segment-tokens 2048 --budget 0.2 --out $T/tune_smollm2_shape_lazy.json 2>&1 | tail -1
+  timeout 90 python3 "$REPO/bench/kernels.py" synthetic --lengths 131072 --densities 0.10 \
+    --tuned $T/tune_llama8b_shape_lazy.json --out $T/kernels_synthetic_lazy_tuned.json 2>&1 \
+    | tee $T/kernels_synthetic_lazy_tuned.log | grep "share=True"
+  timeout 100 python3 "$REPO/bench/kernels.py" smollm2 --model "$SMOLLM2" --tuned $T/tune_smollm2_shape_lazy.json \
+    --lengths 32768 --thetas 8 10 12 --steps --out $T/kernels_smollm2_lazy_tuned.json 2>&1 | grep '^{' | cut -c1-330
   ;;
 esac
 date
