@@ -22,8 +22,12 @@ from .triton_sparse import sparse_kernel
 from .triton_stripes import stripe_pack_kernel, stripe_scan_kernel
 
 
-# Lazy softmax rescale threshold in log2 units (FlashAttention-4's choice): p <= 2**8.
-RESCALE_TAU = 8.0
+# Lazy softmax rescale threshold in log2 units (0 = rescale every key block). Off: on the H100
+# the lazy rescale (tau 8, FlashAttention-4's choice) made the sparse step 7% slower at 128k
+# (Llama shape: 35.9 vs 33.5 ms) and 36% slower on SmolLM2 (51.5 vs 37.8 ms over 30 layers);
+# the data-dependent branch costs more than the [rows, D] multiply it skips
+# (bench/results/ab_lazy_rescale_h100/). A launch option for other GPUs: bench/tune.py --rescale-tau.
+RESCALE_TAU = 0.0
 
 
 def _launch_opts(head_dim: int, device: torch.device) -> dict:
@@ -32,7 +36,7 @@ def _launch_opts(head_dim: int, device: torch.device) -> dict:
     The sparse step is latency-bound on its gathers: a pipelined loop of small key blocks wins.
     The CPU interpreter ignores warps and stages. ``RESCALE_TAU`` (the lazy softmax rescale,
     see ``triton_common.online_softmax_update``) is the same everywhere, so the CPU tests run
-    the GPU's code path.
+    the GPU's code path; tests/test_kernels_cpu.py runs the lazy path too.
     """
     lazy = {"RESCALE_TAU": RESCALE_TAU}
     if device.type != "cuda":

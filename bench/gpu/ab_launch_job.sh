@@ -2,14 +2,15 @@
 # GPU job 11 (one H100, about 8 min): the GPU test suite with the current defaults, then the
 # kernel benchmarks with the current defaults (B) and with single launch options overridden
 # (A, e.g. the previous default), alternating A, B, A, B (the second pair at 128k only) so drift of the card shows.
-#   AB_LAUNCH="anchor.RESCALE_TAU=0 sparse.RESCALE_TAU=0" bash bench/gpu/ab_launch_job.sh
+#   AB_LAUNCH="anchor.RESCALE_TAU=8 sparse.RESCALE_TAU=8" bash bench/gpu/ab_launch_job.sh
+# (bench/results/ab_lazy_rescale_h100/ ran when RESCALE_TAU 8 was the default, with A = tau 0.)
 # Results: $OUT/ab_launch_job.tar.gz (abres/: gpu_tests.log, synthetic_{A,B}{1,2}.{json,log},
 # smollm2_{A,B}.json).
 source bench/gpu/setup.sh
 cd /tmp
 R=/tmp/abres; mkdir -p $R
 trap 'tar czf "$OUT/ab_launch_job.tar.gz" -C /tmp abres' EXIT
-AB_LAUNCH=${AB_LAUNCH:-"anchor.RESCALE_TAU=0 sparse.RESCALE_TAU=0"}
+AB_LAUNCH=${AB_LAUNCH:-"anchor.RESCALE_TAU=8 sparse.RESCALE_TAU=8"}
 echo "== $GPU_NAME"; date; echo "A = --launch $AB_LAUNCH; B = defaults"
 T=$SECONDS
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" 2>&1 | tee "$R/gpu_tests.log" | tail -3

@@ -4,8 +4,9 @@
 #      shape (9/3 heads, d 64) at 32k
 #   B: synthetic benchmark and SmolLM2 benchmark (real Q/K/V, every layer, theta 8-16, then step
 #      times at 32k) with A's winners
-#   L: with the lazy softmax rescale on (RESCALE_TAU 8), sweep block sizes / warps / stages again
-#      for both shapes, then time the winners (synthetic 128k/10%, SmolLM2 32k steps)
+#   L: after the softmax scale was folded into the exponent (ea1e351), sweep block sizes / warps /
+#      stages again for both shapes (rescale every block, RESCALE_TAU 0), then time the winners
+#      (synthetic 128k/10%, SmolLM2 32k steps); results: bench/results/*_fma_*h100*
 # The winners are then copied into kernels/api.py:_launch_opts and kernels/plan.py.
 # Usage on the GPU host: bash bench/gpu/tune_job.sh A|B|L   (results under $OUT)
 source bench/gpu/setup.sh
@@ -31,14 +32,14 @@ B)
   ;;
 L)
   timeout 210 python3 "$REPO/bench/tune.py" --tokens 131072 --rows 128 --block-n 32 64 128 --warps 4 8 \
-    --stages 2 3 --rescale-tau 8 --segment-tokens 4096 --budget 0.2 --out $T/tune_llama8b_shape_lazy.json 2>&1 | tail -1
+    --stages 2 3 --rescale-tau 0 --segment-tokens 4096 --budget 0.2 --out $T/tune_llama8b_shape_fma.json 2>&1 | tail -1
   timeout 150 python3 "$REPO/bench/tune.py" --tokens 32768 --heads 9 3 64 --rows 128 --block-n 64 128 --warps 4 8 \
-    --stages 2 3 --rescale-tau 8 --segment-tokens 2048 --budget 0.2 --out $T/tune_smollm2_shape_lazy.json 2>&1 | tail -1
+    --stages 2 3 --rescale-tau 0 --segment-tokens 2048 --budget 0.2 --out $T/tune_smollm2_shape_fma.json 2>&1 | tail -1
   timeout 90 python3 "$REPO/bench/kernels.py" synthetic --lengths 131072 --densities 0.10 \
-    --tuned $T/tune_llama8b_shape_lazy.json --out $T/kernels_synthetic_lazy_tuned.json 2>&1 \
-    | tee $T/kernels_synthetic_lazy_tuned.log | grep "share=True"
-  timeout 100 python3 "$REPO/bench/kernels.py" smollm2 --model "$SMOLLM2" --tuned $T/tune_smollm2_shape_lazy.json \
-    --lengths 32768 --thetas 8 10 12 --steps --out $T/kernels_smollm2_lazy_tuned.json 2>&1 | grep '^{' | cut -c1-330
+    --tuned $T/tune_llama8b_shape_fma.json --out $T/kernels_synthetic_fma_tuned.json 2>&1 \
+    | tee $T/kernels_synthetic_fma_tuned.log | grep "share=True"
+  timeout 100 python3 "$REPO/bench/kernels.py" smollm2 --model "$SMOLLM2" --tuned $T/tune_smollm2_shape_fma.json \
+    --lengths 32768 --thetas 8 10 12 --steps --out $T/kernels_smollm2_fma_tuned.json 2>&1 | grep '^{' | cut -c1-330
   ;;
 esac
 date
