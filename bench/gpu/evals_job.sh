@@ -3,7 +3,7 @@
 # fixed 6 GiB KV cache each):
 #   8001 anchor, default settings            8002 stock FLASH_ATTN
 #   8003 anchor theta=inf, V1 model runner, prefix caching off (exactness under V1)
-#   8004 anchor theta=8 (what `vllm-anchor calibrate` recommends for SmolLM2)
+#   8004 anchor theta=8 (sparser: 93.9% mean attention-mass recall at 32k in bench/kernels.py)
 # then: the θ=∞/V1 greedy check against stock, the long-context suite anchor vs stock at
 # 8k/16k/32k for both anchor settings, and the TTFT A/B at the same lengths.
 # Everything lands in one archive, $OUT/evals_job.tar.gz.
