@@ -347,11 +347,11 @@ def main(argv=None):
                        help="override single launch options, e.g. anchor.RESCALE_TAU=0 (after --tuned)")
     args = ap.parse_args(argv)
     meta = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    if args.tuned:
+    if args.tuned or args.launch:
         import tuned
+    if args.tuned:
         meta["tuned"] = {str(d): t for d, t in tuned.apply(args.tuned).items()}
     if args.launch:
-        import tuned
         meta["launch_overrides"] = tuned.override(args.launch)
     try:
         import triton

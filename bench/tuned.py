@@ -35,6 +35,11 @@ def load(path: str) -> tuple[int, dict]:
     return res["heads"][2], tuned
 
 
+def _merged(opts: dict, patch: dict) -> dict:
+    """Launch options with ``patch``'s per-kernel entries laid over ``opts``'."""
+    return {k: {**v, **patch.get(k, {})} for k, v in opts.items()}
+
+
 def apply(paths: list[str]) -> dict:
     """Patch the defaults for the head sizes of ``paths``; returns what was applied."""
     by_dim = dict(load(p) for p in paths)
@@ -45,10 +50,8 @@ def apply(paths: list[str]) -> dict:
         t = by_dim.get(head_dim)
         if t is None or device.type != "cuda":
             return o
-        o = {**o, **{k: {**o[k], **v} for k, v in t["opts"].items()}}
-        if "scan_block_n" in t:
-            o["scan"] = {**o["scan"], "BLOCK_N": t["scan_block_n"]}
-        return o
+        scan = {"scan": {"BLOCK_N": t["scan_block_n"]}} if "scan_block_n" in t else {}
+        return _merged(o, {**t["opts"], **scan})
 
     def tuned(head_dim, device, key):
         t = by_dim.get(head_dim) if torch.device(device).type == "cuda" else None
@@ -80,8 +83,7 @@ def override(pairs: list[str]) -> dict:
     launch = api._launch_opts
 
     def launch_opts(head_dim, device):
-        o = launch(head_dim, device)
-        return {k: {**v, **patch.get(k, {})} for k, v in o.items()}
+        return _merged(launch(head_dim, device), patch)
 
     api._launch_opts = launch_opts
     return patch

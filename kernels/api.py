@@ -38,21 +38,21 @@ def _launch_opts(head_dim: int, device: torch.device) -> dict:
     see ``triton_common.online_softmax_update``) is the same everywhere, so the CPU tests run
     the GPU's code path; tests/test_kernels_cpu.py runs the lazy path too.
     """
-    lazy = {"RESCALE_TAU": RESCALE_TAU}
+    rescale = {"RESCALE_TAU": RESCALE_TAU}
     if device.type != "cuda":
-        return {"anchor": {"BLOCK_N": 16, **lazy}, "sparse": {"BLOCK_N": 16, **lazy}, "scan": {"BLOCK_N": 32}}
+        return {"anchor": {"BLOCK_N": 16, **rescale}, "sparse": {"BLOCK_N": 16, **rescale}, "scan": {"BLOCK_N": 32}}
     if head_dim > 128:
-        return {"anchor": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2, **lazy},
-                "sparse": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2, **lazy},
+        return {"anchor": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2, **rescale},
+                "sparse": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2, **rescale},
                 "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
     if head_dim <= 64:  # bench/results/tune_smollm2_shape_{h200,rows_h100}.json (9 q / 3 kv heads, 32k)
-        return {"anchor": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2, **lazy},
-                "sparse": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2, **lazy},
+        return {"anchor": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2, **rescale},
+                "sparse": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2, **rescale},
                 "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
     # bench/results/tune_llama8b_shape_h200.json (32 q / 8 kv heads, 128k; the H100 sweep of the
     # same kernels ranks these within 3% of its best)
-    return {"anchor": {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, **lazy},
-            "sparse": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3, **lazy},
+    return {"anchor": {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, **rescale},
+            "sparse": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3, **rescale},
             "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
 
 

@@ -30,11 +30,7 @@ def _attend_blocks(acc, m_i, l_i, m_max, q, pos_i, lo, hi,
     for j0 in range(lo, hi, BLOCK_N):
         j = j0 + offs_n
         valid = j < hi
-        if MASKED:
-            offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
-        else:
-            page = tl.load(bt_row + j // PAGE)
-            offs = page.to(tl.int64) * stride_kv_block + (j % PAGE).to(tl.int64) * stride_kv_tok + head_off
+        offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off, MASKED)
         k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM, BLOCK_D, MASKED)
         s = tl.dot(q, tl.trans(k))
         if MASKED:

@@ -21,13 +21,18 @@ SEG_ITEM, SEG_LO, SEG_HI, SEG_OFF = (
 
 
 @triton.jit
-def paged_row_offsets(bt_row, pos, valid, PAGE, stride_kv_block, stride_kv_tok, head_off):
+def paged_row_offsets(bt_row, pos, valid, PAGE, stride_kv_block, stride_kv_tok, head_off,
+                      MASKED: tl.constexpr = True):
     """Element offset of K row ``pos`` (V is ``+ HEAD_DIM``) through the block table.
 
     vLLM's FlashAttention cache is the logical tensor ``[num_blocks, Hkv, PAGE, 2*D]`` with
     K and V packed in the last dimension; strides carry the physical (NHD) order.
+    ``MASKED=False`` when every ``pos`` is valid: the page lookup then carries no predicate.
     """
-    page = tl.load(bt_row + pos // PAGE, mask=valid, other=0)
+    if MASKED:
+        page = tl.load(bt_row + pos // PAGE, mask=valid, other=0)
+    else:
+        page = tl.load(bt_row + pos // PAGE)
     return page.to(tl.int64) * stride_kv_block + (pos % PAGE).to(tl.int64) * stride_kv_tok + head_off
 
 
