@@ -26,7 +26,8 @@ def main():
     ap.add_argument("--heads", type=int, nargs=3, default=[32, 8, 128], metavar=("H", "HKV", "D"))
     ap.add_argument("--strong-frac", type=float, default=0.10)
     ap.add_argument("--rows", type=int, nargs="+", default=[64, 128, 256],
-                    help="rows (tokens x packed heads) per anchor/sparse program")
+                    help="rows (tokens x packed heads) per anchor/sparse program (each kernel "
+                         "gets its own winner: the plan cuts their tiles separately)")
     ap.add_argument("--block-n", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
@@ -34,6 +35,8 @@ def main():
     ap.add_argument("--rescale-tau", type=float, nargs="+", default=None,
                     help="lazy softmax rescale thresholds to sweep (0 = rescale every block); "
                          "default: only the kernels' default")
+    ap.add_argument("--kernels", nargs="+", default=["anchor", "sparse", "stripe"],
+                    choices=["anchor", "sparse", "stripe"], help="which kernels to sweep")
     ap.add_argument("--budget", type=float, default=0.5, help="seconds of timing per point")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -48,8 +51,9 @@ def main():
         fa_ms = None
     rows = []
     for tile_rows in a.rows:
-        # rows per program changes the plan; the anchor and sparse kernels share it
-        plan = plan_anchor_prefill([0, n], [n], AnchorConfig(), h, hkv, d, "cuda", rows=tile_rows)
+        # rows per program changes the plan (both kernels' tiles here; each wins separately)
+        plan = plan_anchor_prefill([0, n], [n], AnchorConfig(), h, hkv, d, "cuda", rows=tile_rows,
+                                   sparse_rows=tile_rows)
         call = _Call(q, kv, bt, plan, scale)
         ws = new_workspace(call)
         run_anchor_step(call, ws)
@@ -57,7 +61,8 @@ def main():
         out = torch.empty_like(q)
         base = dict(call.opts)
         taus = a.rescale_tau or [base["anchor"].get("RESCALE_TAU", 0.0)]
-        points = itertools.product(("anchor", "sparse"), a.block_n, a.warps, a.stages, (True, False), taus)
+        kinds = [k for k in ("anchor", "sparse") if k in a.kernels]
+        points = itertools.product(kinds, a.block_n, a.warps, a.stages, (True, False), taus)
         for kind, bn, warps, stages, split, tau in points:
             if kind == "sparse" and not split:
                 continue  # the diagonal split is the anchor kernel's option only
@@ -76,7 +81,7 @@ def main():
             print(row, flush=True)
     # stripe step (scan + pack): the candidate range is cut into segments of this many keys,
     # one scan program each; shorter segments mean more programs in flight
-    for seg in a.segment_tokens:
+    for seg in (a.segment_tokens if "stripe" in a.kernels else []):
         plan = plan_anchor_prefill([0, n], [n], AnchorConfig(), h, hkv, d, "cuda", segment_tokens=seg)
         call = _Call(q, kv, bt, plan, scale)
         ws = new_workspace(call)
@@ -94,10 +99,13 @@ def main():
     def fastest(kind, tile_rows=None):
         return min((r for r in rows if r["kernel"] == kind and "ms" in r and tile_rows in (None, r.get("rows"))),
                    key=lambda r: r["ms"])
-    best = {kind: fastest(kind) for kind in ("anchor", "sparse", "stripe")}
-    # the two kernels share one plan, so the rows per program are chosen for their sum
-    best["rows"] = min(a.rows, key=lambda t: fastest("anchor", t)["ms"] + fastest("sparse", t)["ms"])
-    best["joint"] = {kind: fastest(kind, best["rows"]) for kind in ("anchor", "sparse")}
+    best = {kind: fastest(kind) for kind in a.kernels}
+    # the plan cuts the anchor's and the sparse step's tiles separately: each kernel's own
+    # fastest rows per program
+    for kind, key in (("anchor", "rows"), ("sparse", "sparse_rows")):
+        if kind in best:
+            best[key] = best[kind]["rows"]
+    best["joint"] = {kind: best[kind] for kind in ("anchor", "sparse") if kind in best}
     print("fa3_ms", fa_ms, "best", best)
     Path(a.out).write_text(json.dumps({"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(),
                                        "tokens": n, "heads": a.heads, "fa3_ms": fa_ms, "rows": rows,

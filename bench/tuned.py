@@ -2,8 +2,9 @@
 
 ``bench/kernels.py --tuned results/tune_*.json`` measures a sweep's winners in the same device
 call that found them; once measured, they are copied into ``kernels/api.py:_launch_opts`` and
-``kernels/plan.py`` (rows, segment size), which is where production reads them. Each file
-applies to its own head size; shapes with other head sizes keep the defaults.
+``kernels/plan.py`` (rows per program of each kernel, segment size), which is where production
+reads them. Each file applies to its own head size; shapes with other head sizes keep the
+defaults.
 """
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ def load(path: str) -> tuple[int, dict]:
     res = json.loads(open(path).read())
     best = res["best"]
     joint = best.get("joint", best)
-    opts = {k: {n: joint[k][m] for n, m in zip(_KNOBS, ("block_n", "num_warps", "num_stages"))}
-            for k in ("anchor", "sparse")}
-    if "split_diagonal" in joint["anchor"]:
+    kinds = [k for k in ("anchor", "sparse") if k in joint]  # a sweep may cover one kernel only
+    opts = {k: {n: joint[k][m] for n, m in zip(_KNOBS, ("block_n", "num_warps", "num_stages"))} for k in kinds}
+    if "split_diagonal" in joint.get("anchor", {}):
         opts["anchor"]["SPLIT_DIAGONAL"] = joint["anchor"]["split_diagonal"]
-    for k in ("anchor", "sparse"):
+    for k in kinds:
         if "rescale_tau" in joint[k]:
             opts[k]["RESCALE_TAU"] = joint[k]["rescale_tau"]
-    tuned = {"opts": opts, "rows": best.get("rows")}
+    # sweeps from before the sparse step had its own tiles chose one ``rows`` for both kernels
+    tuned = {"opts": opts, "rows": best.get("rows"),
+             "sparse_rows": best.get("sparse_rows", best.get("rows") if "sparse" in kinds else None)}
     if "stripe" in best:
         tuned["scan_block_n"] = best["stripe"]["block_n"]
         tuned["segment_tokens"] = best["stripe"]["segment_tokens"]
@@ -44,6 +47,7 @@ def apply(paths: list[str]) -> dict:
     """Patch the defaults for the head sizes of ``paths``; returns what was applied."""
     by_dim = dict(load(p) for p in paths)
     launch, rows, seg = api._launch_opts, plan.default_rows, plan.default_segment_tokens
+    sparse_rows = plan.default_sparse_rows
 
     def launch_opts(head_dim, device):
         o = launch(head_dim, device)
@@ -60,11 +64,15 @@ def apply(paths: list[str]) -> dict:
     def default_rows(head_dim, device):
         return tuned(head_dim, device, "rows") or rows(head_dim, device)
 
+    def default_sparse_rows(head_dim, device):
+        return tuned(head_dim, device, "sparse_rows") or sparse_rows(head_dim, device)
+
     def default_segment_tokens(head_dim, device):
         return tuned(head_dim, device, "segment_tokens") or seg(head_dim, device)
 
     api._launch_opts = launch_opts
     plan.default_rows = default_rows
+    plan.default_sparse_rows = default_sparse_rows
     plan.default_segment_tokens = default_segment_tokens
     return by_dim
 

@@ -19,7 +19,7 @@ from .plan import AnchorPlan, plan_anchor_prefill  # noqa: F401  (re-export)
 from .triton_anchor import anchor_kernel
 from .triton_common import LOG2E
 from .triton_sparse import sparse_kernel
-from .triton_stripes import stripe_pack_kernel, stripe_scan_kernel
+from .triton_stripes import pool_queries_kernel, stripe_pack_kernel, stripe_scan_kernel
 
 
 # Lazy softmax rescale threshold in log2 units (0 = rescale every key block). Off: on the H100
@@ -141,14 +141,15 @@ def run_anchor_step(call: _Call, ws: AnchorWorkspace) -> None:
 
 
 def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean query and mean anchor (log2) of every pooling block, from the per-tile sums."""
+    """Mean query ``[n_pools, H, BLOCK_D]`` and mean anchor ``[n_pools, H]`` (log2) of every
+    pooling block, from the anchor step's per-tile sums: one launch (it replaced eight torch ops)."""
     plan = call.plan
-    qbar = torch.zeros(plan.num_pools, call.num_heads, call.block_d, dtype=torch.float32, device=call.q.device)
-    abar = torch.zeros(plan.num_pools, call.num_heads, dtype=torch.float32, device=call.q.device)
-    qbar.index_add_(0, plan.tile_pool, ws.qsum[:, 0]).index_add_(0, plan.tile_pool_next, ws.qsum[:, 1])
-    abar.index_add_(0, plan.tile_pool, ws.msum[:, 0]).index_add_(0, plan.tile_pool_next, ws.msum[:, 1])
-    qbar.div_(plan.pool_rows[:, None, None])
-    abar.div_(plan.pool_rows[:, None])
+    qbar = torch.empty(plan.num_pools, call.num_heads, call.block_d, dtype=torch.float32, device=call.q.device)
+    abar = torch.empty(plan.num_pools, call.num_heads, dtype=torch.float32, device=call.q.device)
+    head_block = min(triton.next_power_of_2(call.num_heads), max(1, 4096 // call.block_d))
+    pool_queries_kernel[(plan.num_pools, triton.cdiv(call.num_heads, head_block))](
+        ws.qsum, ws.msum, plan.pool_tiles, plan.tile_pool, plan.tile_pool_next, plan.pool_rows, qbar, abar,
+        NUM_HEADS=call.num_heads, HEAD_BLOCK=head_block, BLOCK_D=call.block_d)
     return qbar, abar
 
 
@@ -188,15 +189,15 @@ def set_stripe_lists(call: _Call, ws: AnchorWorkspace, lists: dict[tuple[int, in
 
 def run_sparse_step(call: _Call, ws: AnchorWorkspace, out: torch.Tensor) -> None:
     q, plan = call.q, call.plan
-    if plan.num_tiles == 0:
+    if plan.num_sparse_tiles == 0:
         return
-    sparse_kernel[(plan.num_tiles, call.num_sel)](
-        q, q.stride(0), q.stride(1), *call.kv_args(), plan.tiles, plan.items,
+    sparse_kernel[(plan.num_sparse_tiles, call.num_sel)](
+        q, q.stride(0), q.stride(1), *call.kv_args(), plan.sparse_tiles, plan.items,
         ws.slots, ws.slots.stride(0), ws.counts, call.num_sel,
         ws.m, ws.l, ws.acc, out, out.stride(0), out.stride(1), call.qk_scale,
         NUM_HEADS=call.num_heads, KV_REP=call.rep, HEADS=plan.pack, SEL_DIV=call.sel_heads,
         LINEAR_SLOTS=call.kv.stride(0) == call.page * call.kv.stride(2),
-        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, ROWS=plan.rows, **call.opts["sparse"])
+        HEAD_DIM=call.head_dim, BLOCK_D=call.block_d, ROWS=plan.sparse_rows, **call.opts["sparse"])
 
 
 def anchor_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,

@@ -46,6 +46,13 @@ def default_rows(head_dim: int, device) -> int:
     return 128 if head_dim <= 128 else 64
 
 
+def default_sparse_rows(head_dim: int, device) -> int:
+    """Rows per sparse-step program. The sparse step's tiles are cut separately from the
+    anchor's (a tile only has to stay inside one group there, not inside two pooling blocks),
+    so the two kernels can use different sizes; bench/tune.py --sparse-rows sweeps it."""
+    return default_rows(head_dim, device)
+
+
 def default_segment_tokens(head_dim: int, device) -> int:
     """Candidate keys per stripe-scan program (bench/tune.py): shorter segments put more
     programs in flight (head_dim 64 with 3 KV heads has few), longer ones spend fewer on the
@@ -70,22 +77,46 @@ def tile_tokens(rows: int, heads: int, pool_block: int) -> tuple[int, int]:
     return max(16, 1 << (tokens * heads - 1).bit_length()), tokens
 
 
+def sparse_tile_tokens(rows: int, heads: int) -> tuple[int, int]:
+    """``(rows, tokens)`` of one sparse-step tile: as many whole tokens as fit ``rows``; unlike
+    :func:`tile_tokens` there is no pooling-block limit (the sparse step does not pool)."""
+    if rows < 16 or rows & (rows - 1):
+        raise ValueError(f"rows per program must be a power of two >= 16, got {rows}")
+    rows = max(rows, 1 << (heads - 1).bit_length())
+    tokens = rows // heads
+    return max(16, 1 << (tokens * heads - 1).bit_length()), tokens
+
+
+def _group_tiles(g: int, g_lo: int, g_hi: int, group_size: int, tile_m: int):
+    """``(lo, hi)`` token spans of the tiles of group ``g`` that hold chunk tokens ``[g_lo, g_hi)``.
+
+    Tiles sit on absolute multiples of ``tile_m`` from the group start, so a token's tile does
+    not depend on where the chunk begins."""
+    g0 = g * group_size
+    for t0 in range(g0 + (g_lo - g0) // tile_m * tile_m, g_hi, tile_m):
+        yield max(t0, g_lo), min(t0 + tile_m, g_hi)
+
+
 @dataclass
 class AnchorPlan:
     cfg: AnchorConfig
-    rows: int  # rows per program (power of two), tile_m * pack of them used
-    tile_m: int  # query tokens per tile (any count <= pool_block)
+    rows: int  # rows per anchor program (power of two), tile_m * pack of them used
+    tile_m: int  # query tokens per anchor tile (any count <= pool_block)
+    sparse_rows: int  # the same for the sparse step's programs
+    sparse_tile_m: int
     pack: int  # query heads per program (see heads_per_program)
     num_heads: int
     num_kv_heads: int
     segment_tokens: int
     num_tokens: int
-    tiles: torch.Tensor  # [n_tiles, 6] int32
+    tiles: torch.Tensor  # [n_tiles, 6] int32, the anchor step's tiles
+    sparse_tiles: torch.Tensor  # [n_sparse_tiles, 6] int32 (the same tensor when the sizes agree)
     items: torch.Tensor  # [n_items, 7] int32
     segments: torch.Tensor  # [n_segs, 4] int32
     pool_rows: torch.Tensor  # [n_pools] float32, rows present in each pooling block
     tile_pool: torch.Tensor  # [n_tiles] int64, pooling block of each tile's first token
     tile_pool_next: torch.Tensor  # [n_tiles] int64, pooling block of its tokens past a pool edge
+    pool_tiles: torch.Tensor  # [n_pools, 2] int32, first anchor tile touching each pool, count
     list_capacity: int  # stripe-list entries per selector head (sum of candidates)
     num_pools: int
     # host copies, for statistics and tests
@@ -95,6 +126,10 @@ class AnchorPlan:
     @property
     def num_tiles(self) -> int:
         return self.tiles.shape[0]
+
+    @property
+    def num_sparse_tiles(self) -> int:
+        return self.sparse_tiles.shape[0]
 
     @property
     def num_items(self) -> int:
@@ -108,7 +143,7 @@ class AnchorPlan:
 def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: torch.Tensor | list[int],
                         cfg: AnchorConfig, num_heads: int, num_kv_heads: int, head_dim: int,
                         device: torch.device | str, rows: int | None = None,
-                        segment_tokens: int | None = None) -> AnchorPlan:
+                        segment_tokens: int | None = None, sparse_rows: int | None = None) -> AnchorPlan:
     """Build the work lists of a batch of prefill chunks.
 
     Parameters
@@ -120,8 +155,11 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         ``[B]`` total tokens of each sequence after this chunk (context + chunk), host values.
         The chunk of sequence ``s`` holds absolute positions ``[seq_len - q_len, seq_len)``.
     rows:
-        Rows (tokens x packed query heads) per anchor/sparse program; default
-        :func:`default_rows`. A launch parameter: bench/tune.py sweeps it.
+        Rows (tokens x packed query heads) per anchor program; default :func:`default_rows`.
+        A launch parameter: bench/tune.py sweeps it.
+    sparse_rows:
+        The same for the sparse step; default ``rows`` when that is given, else
+        :func:`default_sparse_rows`.
     segment_tokens:
         Candidate keys per stripe-scan program; default :func:`default_segment_tokens`.
     """
@@ -130,12 +168,16 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
     if len(qsl) != len(sls) + 1:
         raise ValueError(f"query_start_loc has {len(qsl)} entries, expected len(seq_lens)+1 = {len(sls) + 1}")
     pack = heads_per_program(cfg, num_heads, num_kv_heads)
+    sparse_rows = sparse_rows or rows or default_sparse_rows(head_dim, device)
     rows, tile_m = tile_tokens(rows or default_rows(head_dim, device), pack, cfg.pool_block)
+    sparse_rows, sparse_tile_m = sparse_tile_tokens(sparse_rows, pack)
     segment_tokens = segment_tokens or default_segment_tokens(head_dim, device)
     if segment_tokens <= 0 or segment_tokens % 16:
         raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
     G, b = cfg.group_size, cfg.pool_block
     tiles, items, segs, pool_rows, tile_pool, tile_pool_next, item_q = [], [], [], [], [], [], []
+    sparse_tiles = []
+    split_sparse = sparse_tile_m != tile_m  # else the sparse step reuses the anchor's tiles
     list_off = 0
     for s, seq_len in enumerate(sls):
         q_len = qsl[s + 1] - qsl[s]
@@ -152,14 +194,15 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
             pool0 = len(pool_rows)
             for p0 in range(g_lo // b * b, g_hi, b):
                 pool_rows.append(min(p0 + b, g_hi) - max(p0, g_lo))
-            # Tiles sit on absolute multiples of tile_m from the group start, so a token's tile
-            # does not depend on where the chunk begins.
-            for t0 in range(g * G + (g_lo - g * G) // tile_m * tile_m, g_hi, tile_m):
-                t_lo, t_hi = max(t0, g_lo), min(t0 + tile_m, g_hi)
+            for t_lo, t_hi in _group_tiles(g, g_lo, g_hi, G, tile_m):
                 first, last = pool0 + t_lo // b - g_lo // b, pool0 + (t_hi - 1) // b - g_lo // b
                 tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item, first))
                 tile_pool.append(first)
                 tile_pool_next.append(last)
+            if split_sparse:
+                for t_lo, t_hi in _group_tiles(g, g_lo, g_hi, G, sparse_tile_m):
+                    sparse_tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item,
+                                         pool0 + t_lo // b - g_lo // b))
             seg0 = len(segs)
             for lo in range(cfg.sink_tokens, cand_end, segment_tokens):
                 segs.append((item, lo, min(lo + segment_tokens, cand_end), list_off + lo - cfg.sink_tokens))
@@ -170,15 +213,27 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
     def table(rows, width):
         return torch.tensor(rows, dtype=torch.int32).reshape(-1, width)
 
+    # the anchor tiles holding rows of each pooling block: a contiguous run, since tiles and
+    # pools are both in token order
+    pool_tiles = [[len(tiles), 0] for _ in pool_rows]
+    for t, (first, last) in enumerate(zip(tile_pool, tile_pool_next)):
+        for p in {first, last}:
+            pool_tiles[p][0] = min(pool_tiles[p][0], t)
+            pool_tiles[p][1] += 1
+
     items_cpu = table(items, 7)
     to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    tiles_dev = to(table(tiles, 6))
     return AnchorPlan(
-        cfg=cfg, rows=rows, tile_m=tile_m, pack=pack, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        cfg=cfg, rows=rows, tile_m=tile_m, sparse_rows=sparse_rows, sparse_tile_m=sparse_tile_m,
+        pack=pack, num_heads=num_heads, num_kv_heads=num_kv_heads,
         segment_tokens=segment_tokens, num_tokens=qsl[-1],
-        tiles=to(table(tiles, 6)), items=to(items_cpu), segments=to(table(segs, 4)),
+        tiles=tiles_dev, sparse_tiles=to(table(sparse_tiles, 6)) if split_sparse else tiles_dev,
+        items=to(items_cpu), segments=to(table(segs, 4)),
         pool_rows=to(torch.tensor(pool_rows, dtype=torch.float32)),
         tile_pool=to(torch.tensor(tile_pool, dtype=torch.int64)),
         tile_pool_next=to(torch.tensor(tile_pool_next, dtype=torch.int64)),
+        pool_tiles=to(table(pool_tiles, 2)),
         list_capacity=list_off, num_pools=len(pool_rows),
         items_cpu=items_cpu, item_queries_cpu=torch.tensor(item_q, dtype=torch.int64),
     )

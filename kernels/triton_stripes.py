@@ -1,5 +1,10 @@
 """Step 2: difference-aware stripe identification, compacted into bounded per-group lists.
 
+Pool: one program per (pooling block, block of query heads) adds up the anchor step's per-tile
+sums of the block's queries and anchors and divides by its rows, giving the mean query and
+mean anchor the scan scores with (one launch; the sums are added in tile order, so the result
+does not depend on scheduling).
+
 Scan: one program per (candidate segment, selector head). It loads the group's pooled queries
 (``pools x query heads`` rows; with shared GQA lists all query heads of the KV head) and their
 pooled anchors, scores every key of its segment, keeps column ``j`` when any row has
@@ -15,6 +20,39 @@ import triton.language as tl
 
 from .triton_common import (ITEM_LIST_OFF, ITEM_NPOOL, ITEM_NSEG, ITEM_POOL0, ITEM_SEG0, ITEM_SEQ,
                             SEG_HI, SEG_ITEM, SEG_LO, SEG_OFF, paged_row_offsets)
+
+
+@triton.jit
+def pool_queries_kernel(QSUM, MSUM, POOL_TILES, TILE_POOL, TILE_POOL_NEXT, POOL_ROWS, QBAR, ABAR,
+                        NUM_HEADS: tl.constexpr, HEAD_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``QBAR[p] = sum of the pool's query rows / rows``, the same for ``ABAR`` (log2 anchors).
+
+    ``QSUM``/``MSUM`` hold, per anchor tile, the sums of its rows before (part 0) and after
+    (part 1) its pooling-block edge; ``POOL_TILES[p]`` is the run of tiles touching pool ``p``.
+    """
+    pool = tl.program_id(0)
+    h = tl.program_id(1) * HEAD_BLOCK + tl.arange(0, HEAD_BLOCK)
+    d = tl.arange(0, BLOCK_D)
+    h_ok = h < NUM_HEADS
+    t0 = tl.load(POOL_TILES + pool * 2)
+    n = tl.load(POOL_TILES + pool * 2 + 1)
+    qs = tl.zeros([HEAD_BLOCK, BLOCK_D], tl.float32)
+    ms = tl.zeros([HEAD_BLOCK], tl.float32)
+    for k in range(0, n):
+        t = (t0 + k).to(tl.int64)
+        for part in tl.static_range(2):
+            if part == 0:
+                mine = tl.load(TILE_POOL + t) == pool
+            else:
+                mine = tl.load(TILE_POOL_NEXT + t) == pool
+            base = (t * 2 + part) * NUM_HEADS + h
+            ok = h_ok & mine
+            qs += tl.load(QSUM + base[:, None] * BLOCK_D + d[None, :], mask=ok[:, None], other=0.0)
+            ms += tl.load(MSUM + base, mask=ok, other=0.0)
+    rows = tl.load(POOL_ROWS + pool)
+    out = pool.to(tl.int64) * NUM_HEADS + h
+    tl.store(QBAR + out[:, None] * BLOCK_D + d[None, :], qs / rows, mask=h_ok[:, None])
+    tl.store(ABAR + out, ms / rows, mask=h_ok)
 
 
 @triton.jit

@@ -32,7 +32,7 @@ def _sweep(tmp_path, head_dim):
 def test_tuned_parameters_apply_to_their_head_size_on_cuda_only(tmp_path, monkeypatch):
     for name in ("_launch_opts",):
         monkeypatch.setattr(api, name, getattr(api, name))
-    for name in ("default_rows", "default_segment_tokens"):
+    for name in ("default_rows", "default_sparse_rows", "default_segment_tokens"):
         monkeypatch.setattr(plan, name, getattr(plan, name))
     cuda = torch.device("cuda")
     before_64 = api._launch_opts(64, cuda)
@@ -45,7 +45,10 @@ def test_tuned_parameters_apply_to_their_head_size_on_cuda_only(tmp_path, monkey
     assert o["sparse"] == {"BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "RESCALE_TAU": 0.0}
     assert o["scan"]["BLOCK_N"] == 64
     assert plan.default_rows(128, cuda) == 256 and plan.default_segment_tokens(128, cuda) == 1024
+    # a sweep from before the kernels had separate tiles: its one rows value serves both
+    assert plan.default_sparse_rows(128, cuda) == 256
     assert api._launch_opts(64, cuda) == before_64 and plan.default_rows(64, cuda) == 128
+    assert plan.default_sparse_rows(64, cuda) == 128
     cpu = plan.plan_anchor_prefill([0, 40], [40], AnchorConfig(group_size=64, pool_block=16), 8, 2, 128, "cpu")
     assert cpu.rows == 16 and cpu.segment_tokens == 4096
 
@@ -67,3 +70,22 @@ def test_launch_overrides_patch_one_option_for_every_head_size(monkeypatch):
             assert bad in str(e)
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_sparse_only_sweep_sets_the_sparse_tiles_and_launch_only(tmp_path, monkeypatch):
+    """bench/tune.py --kernels sparse: its winner sets the sparse step's rows and launch
+    options; the anchor keeps its defaults (the plan cuts the two kernels' tiles separately)."""
+    monkeypatch.setattr(api, "_launch_opts", api._launch_opts)
+    for name in ("default_rows", "default_sparse_rows", "default_segment_tokens"):
+        monkeypatch.setattr(plan, name, getattr(plan, name))
+    cuda = torch.device("cuda")
+    before = api._launch_opts(128, cuda)
+    win = {"kernel": "sparse", "rows": 256, "block_n": 64, "num_warps": 8, "num_stages": 3, "ms": 1.0}
+    path = tmp_path / "tune.json"
+    path.write_text(json.dumps({"heads": [32, 8, 128],
+                                "best": {"sparse": win, "sparse_rows": 256, "joint": {"sparse": win}}}))
+    tuned.apply([str(path)])
+    o = api._launch_opts(128, cuda)
+    assert o["anchor"] == before["anchor"] and o["scan"] == before["scan"]
+    assert o["sparse"] == {**before["sparse"], "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+    assert plan.default_sparse_rows(128, cuda) == 256 and plan.default_rows(128, cuda) == 128

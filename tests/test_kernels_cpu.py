@@ -9,7 +9,8 @@ import torch
 from paged_case import assert_close_per_sequence, make_case
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
-from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step, set_stripe_lists
+from vllm_anchor.kernels.api import (_Call, pooled_queries, run_anchor_step, run_sparse_step, run_stripe_step,
+                                     set_stripe_lists)
 
 INF = float("inf")
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
@@ -20,9 +21,10 @@ def small_cfg(**kw) -> AnchorConfig:
     return AnchorConfig(**{**SMALL, **kw})
 
 
-def run(case, cfg, workspace=None, rows=None):
+def run(case, cfg, workspace=None, rows=None, sparse_rows=None):
     """Plan + anchor_prefill into a NaN-poisoned output; asserts every element was written."""
-    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu", rows=rows)
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu", rows=rows,
+                               sparse_rows=sparse_rows)
     out = torch.full_like(case.q, float("nan"))
     anchor_prefill(case.q, case.kv_cache, case.block_table, plan, case.scale, out=out, workspace=workspace)
     assert torch.isfinite(out).all(), "output rows left unwritten (NaN poison survived)"
@@ -62,8 +64,8 @@ def test_head_dim_not_power_of_two():
     assert_close_per_sequence(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[torch.float32])
 
 
-def _steps(case, cfg):
-    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu")
+def _steps(case, cfg, rows=None):
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu", rows=rows)
     call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
     ws = new_workspace(call)
     run_anchor_step(call, ws)
@@ -117,6 +119,54 @@ def test_stripe_lists_match_reference(share):
     assert item == plan.num_items
     # the structured input must give a partial selection, or this test checks nothing
     assert 0.05 < total_sel / total_cand < 0.8, total_sel / total_cand
+
+
+@pytest.mark.parametrize("heads,rows", [((6, 2), 32), ((8, 2), 16), ((4, 4), 64)],
+                         ids=["gqa3-r32-straddling", "gqa4-r16", "gqa1-r64"])
+def test_pooled_queries_are_the_pool_means(heads, rows):
+    """The pooling kernel's mean query and mean anchor of every pooling block equal the plain
+    means of that block's rows (tiles of 10 tokens straddle the 16-token blocks in case 1)."""
+    cfg = small_cfg(theta=2.0)
+    case = make_case([(30, 100), (0, 70), (5, 1)], *heads, 16, seed=15)
+    plan, call, ws = _steps(case, cfg, rows=rows)
+    qbar, abar = pooled_queries(call, ws)
+    b, G = cfg.pool_block, cfg.group_size
+    want_q, want_m = [], []
+    for s in range(case.num_seqs):
+        start, end, row0 = case.q_start(s), case.seq_lens[s], case.query_start_loc[s]
+        for g in range(start // G, (end - 1) // G + 1):
+            g_lo, g_hi = max(start, g * G), min(end, (g + 1) * G)
+            for p0 in range(g_lo // b * b, g_hi, b):
+                r = slice(row0 + max(p0, g_lo) - start, row0 + min(p0 + b, g_hi) - start)
+                want_q.append(case.q[r].float().mean(0))
+                want_m.append(ws.m[r].mean(0))
+    assert len(want_q) == plan.num_pools
+    torch.testing.assert_close(qbar[..., :16], torch.stack(want_q), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(abar, torch.stack(want_m), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,rows,sparse_rows", [((6, 2), 32, 128), ((8, 2), 64, 16), ((4, 4), 16, 64)],
+                         ids=["gqa3-r32-s128", "gqa4-r64-s16", "gqa1-r16-s64"])
+def test_sparse_tile_size_is_a_pure_speed_option(heads, rows, sparse_rows):
+    """The sparse step cuts its own tiles (any size, inside one group): same output as with the
+    anchor's tiles, and each chunk token in exactly one sparse tile."""
+    cfg = small_cfg(theta=2.0)
+    case = make_case([(30, 150), (0, 70), (64, 1)], *heads, 16, seed=16, strong_frac=0.2, strong_gain=1.5)
+    same, plan_same = run(case, cfg, rows=rows)
+    split, plan = run(case, cfg, rows=rows, sparse_rows=sparse_rows)
+    assert plan.sparse_tile_m != plan.tile_m and plan.sparse_tile_m * plan.pack <= plan.sparse_rows
+    assert plan_same.sparse_tiles is plan_same.tiles
+    torch.testing.assert_close(split, same, rtol=1e-6, atol=1e-6)
+    item_of_row = torch.full((case.q.shape[0],), -1)
+    for _seq, row0, _pos0, n, item, _pool in plan.tiles.tolist():
+        item_of_row[row0:row0 + n] = item
+    seen = torch.zeros(case.q.shape[0], dtype=torch.int32)
+    for seq, row0, pos0, n, item, _pool in plan.sparse_tiles.tolist():
+        assert 1 <= n <= plan.sparse_tile_m
+        assert pos0 // cfg.group_size == (pos0 + n - 1) // cfg.group_size, "tile crosses a group"
+        assert (item_of_row[row0:row0 + n] == item).all(), "sparse tile reads another group's list"
+        seen[row0:row0 + n] += 1
+    assert (seen == 1).all()
 
 
 @pytest.mark.parametrize("share", [True, False])

@@ -16,8 +16,9 @@ CFG = dict(sink_tokens=64, local_tokens=128, group_size=512, pool_block=128)
 CHUNKS = [(0, 1500), (700, 901), (2048, 513), (4000, 1)]
 
 
-def _run(case, cfg):
-    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cuda")
+def _run(case, cfg, sparse_rows=None):
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cuda",
+                               sparse_rows=sparse_rows)
     out = torch.full_like(case.q, float("nan"))
     anchor_prefill(case.q, case.kv_cache, case.block_table, plan, case.scale, out=out)
     torch.cuda.synchronize()
@@ -31,6 +32,16 @@ def _run(case, cfg):
 def test_theta_inf_equals_dense(dtype, head_dim, share):
     case = make_case(CHUNKS, 8, 2, head_dim, dtype=dtype, device="cuda", seed=head_dim)
     out = _run(case, AnchorConfig(theta=INF, share_gqa=share, **CFG))
+    assert_close_per_sequence(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("sparse_rows", [64, 256])
+def test_sparse_tile_rows_keep_theta_inf_dense(dtype, head_dim, sparse_rows):
+    """The sparse step's own tile size (bench/tune.py --kernels sparse) is a speed option only."""
+    case = make_case(CHUNKS, 8, 2, head_dim, dtype=dtype, device="cuda", seed=11 + head_dim)
+    out = _run(case, AnchorConfig(theta=INF, **CFG), sparse_rows=sparse_rows)
     assert_close_per_sequence(case, out, lambda q, k, v, p: R.dense_causal_attention(q, k, v, p, case.scale), TOL[dtype])
 
 
