@@ -74,8 +74,10 @@ def main(argv=None):
     steps = {"anchor": lambda: run_anchor_step(call, ws), "stripe": lambda: run_stripe_step(call, ws),
              "sparse": lambda: run_sparse_step(call, ws, out)}
 
+    parts = list(steps.values())
+
     def whole():
-        for fn in steps.values():
+        for fn in parts:
             fn()
     steps["total"] = whole
     res = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "tokens": n, "heads": a.heads,

@@ -39,11 +39,15 @@ def heads_per_program(cfg: AnchorConfig, num_heads: int, num_kv_heads: int) -> i
 
 
 def default_rows(head_dim: int, device) -> int:
-    """Rows (tokens x packed heads) per program: 128 fits the registers for head_dim <= 128,
-    64 above; 16 on the CPU, where the interpreter is slow."""
+    """Rows (tokens x packed heads) per anchor program; 16 on the CPU, where the interpreter is
+    slow. head_dim 128: 256 rows on two warpgroups (128 each) win on the H100 for both kernels
+    (bench/results/sparse_tiles_h100/); head_dim 64: 128 (256 measured slower,
+    tune_smollm2_shape_rows_h100.json); above 128, 64 fit the registers."""
     if torch.device(device).type != "cuda":
         return 16
-    return 128 if head_dim <= 128 else 64
+    if head_dim <= 64:
+        return 128
+    return 256 if head_dim <= 128 else 64
 
 
 def default_sparse_rows(head_dim: int, device) -> int:
