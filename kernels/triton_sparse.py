@@ -24,6 +24,30 @@ def _slot_offsets(slot, PAGE, stride_kv_block, stride_kv_tok, head_off, LINEAR_S
 
 
 @triton.jit
+def _attend_listed(acc, m_i, l_i, q, slot_ptr, n0, count, KV, PAGE, stride_kv_block, stride_kv_tok, head_off,
+                   qk_scale, LINEAR_SLOTS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_N: tl.constexpr, MASKED: tl.constexpr, RESCALE_TAU: tl.constexpr):
+    """Continue the softmax over list entries ``[n0, n0 + BLOCK_N)``; ``MASKED`` only for the
+    list's last, partial chunk (entries ``>= count`` are skipped), so whole chunks carry no
+    predicate on the slot, K or V loads."""
+    offs_n = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    if MASKED:
+        valid = n0 + offs_n < count
+        slot = tl.load(slot_ptr + n0 + offs_n, mask=valid, other=0)
+    else:
+        valid = offs_n >= 0
+        slot = tl.load(slot_ptr + n0 + offs_n)
+    offs = _slot_offsets(slot, PAGE, stride_kv_block, stride_kv_tok, head_off, LINEAR_SLOTS)
+    k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM, BLOCK_D, MASKED)
+    s = tl.dot(q, tl.trans(k))
+    if MASKED:
+        s = tl.where(valid[None, :], s, float("-inf"))
+    acc, m_i, l_i, _m = online_softmax_update(acc, m_i, l_i, s, v, qk_scale, RESCALE_TAU)
+    return acc, m_i, l_i
+
+
+@triton.jit
 def sparse_kernel(
     Q, stride_q_tok, stride_q_head,
     KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
@@ -48,7 +72,6 @@ def sparse_kernel(
     count = tl.load(COUNTS + item * NUM_SEL + hs)
 
     tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, ROWS, HEADS)
-    offs_n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
     ml = rows * NUM_HEADS + head
     m_i = tl.load(M_IN + ml, mask=row_ok, other=0.0)
@@ -60,18 +83,13 @@ def sparse_kernel(
     head_off = (hbase // KV_REP) * stride_kv_head
     full = count // BLOCK_N * BLOCK_N
     for n0 in range(0, full, BLOCK_N):
-        slot = tl.load(slot_ptr + n0 + offs_n)
-        offs = _slot_offsets(slot, PAGE, stride_kv_block, stride_kv_tok, head_off, LINEAR_SLOTS)
-        k, v = load_kv_rows(KV, offs, offs_n >= 0, d, HEAD_DIM, BLOCK_D, False)
-        s = tl.dot(q, tl.trans(k))
-        acc, m_i, l_i, _m = online_softmax_update(acc, m_i, l_i, s, v, qk_scale, RESCALE_TAU)
+        acc, m_i, l_i = _attend_listed(acc, m_i, l_i, q, slot_ptr, n0, count, KV, PAGE, stride_kv_block,
+                                       stride_kv_tok, head_off, qk_scale, LINEAR_SLOTS, HEAD_DIM, BLOCK_D,
+                                       BLOCK_N, False, RESCALE_TAU)
     if full < count:
-        valid = full + offs_n < count
-        slot = tl.load(slot_ptr + full + offs_n, mask=valid, other=0)
-        offs = _slot_offsets(slot, PAGE, stride_kv_block, stride_kv_tok, head_off, LINEAR_SLOTS)
-        k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM, BLOCK_D, True)
-        s = tl.where(valid[None, :], tl.dot(q, tl.trans(k)), float("-inf"))
-        acc, m_i, l_i, _m = online_softmax_update(acc, m_i, l_i, s, v, qk_scale, RESCALE_TAU)
+        acc, m_i, l_i = _attend_listed(acc, m_i, l_i, q, slot_ptr, full, count, KV, PAGE, stride_kv_block,
+                                       stride_kv_tok, head_off, qk_scale, LINEAR_SLOTS, HEAD_DIM, BLOCK_D,
+                                       BLOCK_N, True, RESCALE_TAU)
 
     out = acc / l_i[:, None]
     tl.store(OUT + rows[:, None] * stride_o_tok + head[:, None] * stride_o_head + d[None, :],
