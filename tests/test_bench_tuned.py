@@ -80,12 +80,13 @@ def test_sparse_only_sweep_sets_the_sparse_tiles_and_launch_only(tmp_path, monke
         monkeypatch.setattr(plan, name, getattr(plan, name))
     cuda = torch.device("cuda")
     before = api._launch_opts(128, cuda)
-    win = {"kernel": "sparse", "rows": 256, "block_n": 64, "num_warps": 8, "num_stages": 3, "ms": 1.0}
+    anchor_rows = plan.default_rows(128, cuda)
+    win = {"kernel": "sparse", "rows": 64, "block_n": 64, "num_warps": 8, "num_stages": 3, "ms": 1.0}
     path = tmp_path / "tune.json"
     path.write_text(json.dumps({"heads": [32, 8, 128],
-                                "best": {"sparse": win, "sparse_rows": 256, "joint": {"sparse": win}}}))
+                                "best": {"sparse": win, "sparse_rows": 64, "joint": {"sparse": win}}}))
     tuned.apply([str(path)])
     o = api._launch_opts(128, cuda)
     assert o["anchor"] == before["anchor"] and o["scan"] == before["scan"]
     assert o["sparse"] == {**before["sparse"], "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
-    assert plan.default_sparse_rows(128, cuda) == 256 and plan.default_rows(128, cuda) == 128
+    assert plan.default_sparse_rows(128, cuda) == 64 and plan.default_rows(128, cuda) == anchor_rows != 64
