@@ -18,6 +18,25 @@ from .triton_common import (TILE_NROWS, TILE_POS0, TILE_ROW0, TILE_SEQ, rescale_
 
 
 @triton.jit
+def _attend_block(acc, m_i, l_i, m_max, q, pos_i, j0, hi,
+                  KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                  MASKED: tl.constexpr, RESCALE_TAU: tl.constexpr):
+    """One key block ``[j0, j0 + BLOCK_N)``; ``MASKED`` applies the causal mask and ``< hi``."""
+    j = j0 + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    valid = j < hi
+    offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off, MASKED)
+    k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM, BLOCK_D, MASKED)
+    s = tl.dot(q, tl.trans(k))
+    if MASKED:
+        keep = valid[None, :] & (j[None, :] <= pos_i[:, None])
+        s = tl.where(keep, s, float("-inf"))
+    acc, m_i, l_i, m_blk = online_softmax_update(acc, m_i, l_i, s, v, qk_scale, RESCALE_TAU)
+    return acc, m_i, l_i, tl.maximum(m_max, m_blk)
+
+
+@triton.jit
 def _attend_blocks(acc, m_i, l_i, m_max, q, pos_i, lo, hi,
                    KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -25,20 +44,32 @@ def _attend_blocks(acc, m_i, l_i, m_max, q, pos_i, lo, hi,
     """Attention of the tile to keys ``[lo, hi)``; ``MASKED=False`` only when ``hi - lo`` is
     a multiple of ``BLOCK_N`` and every key precedes every row (no causal or bounds mask).
     ``m_max`` is the true row max (the anchor), which the lazy stabilizer ``m_i`` may lag."""
-    offs_n = tl.arange(0, BLOCK_N)
-    d = tl.arange(0, BLOCK_D)
     for j0 in range(lo, hi, BLOCK_N):
-        j = j0 + offs_n
-        valid = j < hi
-        offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off, MASKED)
-        k, v = load_kv_rows(KV, offs, valid, d, HEAD_DIM, BLOCK_D, MASKED)
-        s = tl.dot(q, tl.trans(k))
-        if MASKED:
-            keep = valid[None, :] & (j[None, :] <= pos_i[:, None])
-            s = tl.where(keep, s, float("-inf"))
-        acc, m_i, l_i, m_blk = online_softmax_update(acc, m_i, l_i, s, v, qk_scale, RESCALE_TAU)
-        m_max = tl.maximum(m_max, m_blk)
+        acc, m_i, l_i, m_max = _attend_block(acc, m_i, l_i, m_max, q, pos_i, j0, hi, KV, bt_row, head_off,
+                                             PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                                             HEAD_DIM, BLOCK_D, BLOCK_N, MASKED, RESCALE_TAU)
     return acc, m_i, l_i, m_max
+
+
+@triton.jit
+def _attend_two_runs(acc, m_i, l_i, m_max, q, pos_i, lo_a, n_a, lo_b, n_b,
+                     KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                     RESCALE_TAU: tl.constexpr):
+    """Unmasked whole blocks of two key runs (``n_a`` blocks from ``lo_a``, then ``n_b`` from
+    ``lo_b``) in one loop, so the sink's few blocks do not get a pipeline of their own."""
+    for it in range(0, n_a + n_b):
+        j0 = tl.where(it < n_a, lo_a + it * BLOCK_N, lo_b + (it - n_a) * BLOCK_N)
+        acc, m_i, l_i, m_max = _attend_block(acc, m_i, l_i, m_max, q, pos_i, j0, j0 + BLOCK_N, KV, bt_row,
+                                             head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                                             HEAD_DIM, BLOCK_D, BLOCK_N, False, RESCALE_TAU)
+    return acc, m_i, l_i, m_max
+
+
+@triton.jit
+def _bulk_end(lo, hi, pos0, BLOCK_N: tl.constexpr):
+    """End of the whole blocks from ``lo`` that every row of a tile starting at ``pos0`` sees."""
+    return lo + tl.maximum(tl.minimum(hi, pos0 + 1) - lo, 0) // BLOCK_N * BLOCK_N
 
 
 @triton.jit
@@ -49,7 +80,7 @@ def _attend_span(acc, m_i, l_i, m_max, q, pos_i, pos0, lo, hi,
     """Causal attention of the tile (first row at ``pos0``) to keys ``[lo, hi)``."""
     # keys < pos0 + 1 are visible to every row: that many whole blocks need no mask
     if SPLIT_DIAGONAL:
-        bulk_hi = lo + tl.maximum(tl.minimum(hi, pos0 + 1) - lo, 0) // BLOCK_N * BLOCK_N
+        bulk_hi = _bulk_end(lo, hi, pos0, BLOCK_N)
     else:  # one masked loop (a launch option: bench/tune.py times both)
         bulk_hi = lo
     acc, m_i, l_i, m_max = _attend_blocks(acc, m_i, l_i, m_max, q, pos_i, lo, bulk_hi, KV, bt_row,
@@ -72,7 +103,7 @@ def anchor_kernel(
     qk_scale, sink, local, group, pool_block,
     NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT_DIAGONAL: tl.constexpr = True, RESCALE_TAU: tl.constexpr = 0.0,
+    SPLIT_DIAGONAL: tl.constexpr = True, RESCALE_TAU: tl.constexpr = 0.0, MERGE_BULK: tl.constexpr = False,
 ):
     tile = tl.program_id(0)
     hbase = tl.program_id(1) * HEADS
@@ -94,13 +125,30 @@ def anchor_kernel(
     bt_row = BT + seq.to(tl.int64) * stride_bt
     head_off = (hbase // KV_REP) * stride_kv_head
     hi = pos0 + nrows
-    acc, m_i, l_i, m_max = _attend_span(acc, m_i, l_i, m_max, q, pos_i, pos0, 0, tl.minimum(sink, hi),
-                                        KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
-                                        qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL, RESCALE_TAU)
+    sink_hi = tl.minimum(sink, hi)
     local_lo = tl.maximum(sink, (pos0 // group) * group - local)
-    acc, m_i, l_i, m_max = _attend_span(acc, m_i, l_i, m_max, q, pos_i, pos0, local_lo, hi,
-                                        KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
-                                        qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL, RESCALE_TAU)
+    if MERGE_BULK and SPLIT_DIAGONAL:
+        # the unmasked blocks of the sink and of the local span in one pipelined loop, then
+        # the two masked remainders (the same keys, in another order)
+        sink_bulk = _bulk_end(0, sink_hi, pos0, BLOCK_N)
+        local_bulk = _bulk_end(local_lo, hi, pos0, BLOCK_N)
+        acc, m_i, l_i, m_max = _attend_two_runs(acc, m_i, l_i, m_max, q, pos_i, 0, sink_bulk // BLOCK_N, local_lo,
+                                                (local_bulk - local_lo) // BLOCK_N, KV, bt_row, head_off, PAGE,
+                                                stride_kv_block, stride_kv_tok, qk_scale, HEAD_DIM, BLOCK_D,
+                                                BLOCK_N, RESCALE_TAU)
+        acc, m_i, l_i, m_max = _attend_blocks(acc, m_i, l_i, m_max, q, pos_i, sink_bulk, sink_hi, KV, bt_row,
+                                              head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                                              HEAD_DIM, BLOCK_D, BLOCK_N, True, RESCALE_TAU)
+        acc, m_i, l_i, m_max = _attend_blocks(acc, m_i, l_i, m_max, q, pos_i, local_bulk, hi, KV, bt_row,
+                                              head_off, PAGE, stride_kv_block, stride_kv_tok, qk_scale,
+                                              HEAD_DIM, BLOCK_D, BLOCK_N, True, RESCALE_TAU)
+    else:
+        acc, m_i, l_i, m_max = _attend_span(acc, m_i, l_i, m_max, q, pos_i, pos0, 0, sink_hi,
+                                            KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
+                                            qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL, RESCALE_TAU)
+        acc, m_i, l_i, m_max = _attend_span(acc, m_i, l_i, m_max, q, pos_i, pos0, local_lo, hi,
+                                            KV, bt_row, head_off, PAGE, stride_kv_block, stride_kv_tok,
+                                            qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, SPLIT_DIAGONAL, RESCALE_TAU)
     if RESCALE_TAU > 0:
         # the stored m is the anchor (the true row max over the region), and the sparse step
         # continues from it: move the lazy stabilizer there once

@@ -300,13 +300,16 @@ def test_non_power_of_two_head_packing_matches_reference(heads, rows):
                               TOL[torch.float32])
 
 
-def test_anchor_diagonal_split_is_a_pure_speed_option():
-    """Unmasked bulk blocks + masked diagonal give the same state as one masked loop."""
-    cfg = small_cfg(theta=2.0)
+@pytest.mark.parametrize("option", [{"SPLIT_DIAGONAL": False}, {"MERGE_BULK": True}],
+                         ids=["one-masked-loop", "merged-bulk"])
+def test_anchor_loop_structure_is_a_pure_speed_option(option):
+    """Unmasked bulk blocks + masked diagonal (the default) give the same state as one masked
+    loop, and as the sink's and the local span's bulk blocks merged into one loop."""
+    cfg = small_cfg(theta=2.0, sink_tokens=40)  # the sink spans whole blocks and a partial one
     case = make_case([(30, 100), (0, 70)], 6, 2, 16, seed=13)
     plan, call, ws = _steps(case, cfg)
     split = {k: getattr(ws, k).clone() for k in ("m", "l", "acc", "qsum", "msum")}
-    call.opts = {**call.opts, "anchor": {**call.opts["anchor"], "SPLIT_DIAGONAL": False}}
+    call.opts = {**call.opts, "anchor": {**call.opts["anchor"], **option}}
     run_anchor_step(call, ws)
     for k, v in split.items():
         torch.testing.assert_close(getattr(ws, k), v, rtol=1e-5, atol=1e-5, msg=k)
