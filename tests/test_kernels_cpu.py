@@ -300,11 +300,12 @@ def test_non_power_of_two_head_packing_matches_reference(heads, rows):
                               TOL[torch.float32])
 
 
-@pytest.mark.parametrize("option", [{"SPLIT_DIAGONAL": False}, {"MERGE_BULK": True}],
-                         ids=["one-masked-loop", "merged-bulk"])
+@pytest.mark.parametrize("option", [{"SPLIT_DIAGONAL": False}, {"MERGE_BULK": False}],
+                         ids=["one-masked-loop", "one-loop-per-span"])
 def test_anchor_loop_structure_is_a_pure_speed_option(option):
-    """Unmasked bulk blocks + masked diagonal (the default) give the same state as one masked
-    loop, and as the sink's and the local span's bulk blocks merged into one loop."""
+    """The default (the sink's and the local span's unmasked blocks in one loop, then the masked
+    remainders) gives the same state as one masked loop per span, and as an unmasked and a
+    masked loop per span."""
     cfg = small_cfg(theta=2.0, sink_tokens=40)  # the sink spans whole blocks and a partial one
     case = make_case([(30, 100), (0, 70)], 6, 2, 16, seed=13)
     plan, call, ws = _steps(case, cfg)
