@@ -53,7 +53,7 @@ def default_rows(head_dim: int, device) -> int:
 def default_sparse_rows(head_dim: int, device) -> int:
     """Rows per sparse-step program. The sparse step's tiles are cut separately from the
     anchor's (a tile only has to stay inside one group there, not inside two pooling blocks),
-    so the two kernels can use different sizes; bench/tune.py --sparse-rows sweeps it."""
+    so the two kernels can use different sizes; `bench/tune.py --kernels sparse` sweeps it."""
     return default_rows(head_dim, device)
 
 
