@@ -148,7 +148,7 @@ def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torc
     abar = torch.empty(plan.num_pools, call.num_heads, dtype=torch.float32, device=call.q.device)
     head_block = min(triton.next_power_of_2(call.num_heads), max(1, 4096 // call.block_d))
     pool_queries_kernel[(plan.num_pools, triton.cdiv(call.num_heads, head_block))](
-        ws.qsum, ws.msum, plan.pool_tiles, plan.tile_pool, plan.tile_pool_next, plan.pool_rows, qbar, abar,
+        ws.qsum, ws.msum, plan.pool_tiles, plan.tiles, plan.tile_pool_next, plan.pool_rows, qbar, abar,
         NUM_HEADS=call.num_heads, HEAD_BLOCK=head_block, BLOCK_D=call.block_d)
     return qbar, abar
 

@@ -66,9 +66,10 @@ def default_segment_tokens(head_dim: int, device) -> int:
     return 2048 if head_dim <= 64 else 4096
 
 
-def tile_tokens(rows: int, heads: int, pool_block: int) -> tuple[int, int]:
+def tile_tokens(rows: int, heads: int, max_tokens: int | None = None) -> tuple[int, int]:
     """``(rows, tokens)`` of one tile: as many whole tokens as fit ``rows`` (a power of two,
-    raised to fit one token's heads), at most one pooling block, so a tile spans <= 2 pools.
+    raised to fit one token's heads), at most ``max_tokens``. The anchor step passes its pooling
+    block, so a tile spans <= 2 pools; the sparse step does not pool and passes no limit.
 
     Tokens need not be a power of two: with 3 heads per KV head, 42 tokens fill 126 of 128 rows
     (a power-of-two head count padded 3 to 4 and left a quarter of the rows idle).
@@ -76,18 +77,8 @@ def tile_tokens(rows: int, heads: int, pool_block: int) -> tuple[int, int]:
     if rows < 16 or rows & (rows - 1):
         raise ValueError(f"rows per program must be a power of two >= 16, got {rows}")
     rows = max(rows, 1 << (heads - 1).bit_length())
-    tokens = min(rows // heads, pool_block)
-    # a pooling block smaller than the rows would leave rows idle: shrink the program instead
-    return max(16, 1 << (tokens * heads - 1).bit_length()), tokens
-
-
-def sparse_tile_tokens(rows: int, heads: int) -> tuple[int, int]:
-    """``(rows, tokens)`` of one sparse-step tile: as many whole tokens as fit ``rows``; unlike
-    :func:`tile_tokens` there is no pooling-block limit (the sparse step does not pool)."""
-    if rows < 16 or rows & (rows - 1):
-        raise ValueError(f"rows per program must be a power of two >= 16, got {rows}")
-    rows = max(rows, 1 << (heads - 1).bit_length())
-    tokens = rows // heads
+    tokens = rows // heads if max_tokens is None else min(rows // heads, max_tokens)
+    # a token limit below the rows would leave rows idle: shrink the program instead
     return max(16, 1 << (tokens * heads - 1).bit_length()), tokens
 
 
@@ -118,8 +109,8 @@ class AnchorPlan:
     items: torch.Tensor  # [n_items, 7] int32
     segments: torch.Tensor  # [n_segs, 4] int32
     pool_rows: torch.Tensor  # [n_pools] float32, rows present in each pooling block
-    tile_pool: torch.Tensor  # [n_tiles] int64, pooling block of each tile's first token
     tile_pool_next: torch.Tensor  # [n_tiles] int64, pooling block of its tokens past a pool edge
+    # (the pooling block of each tile's first token is the tiles table's TILE_POOL column)
     pool_tiles: torch.Tensor  # [n_pools, 2] int32, first anchor tile touching each pool, count
     list_capacity: int  # stripe-list entries per selector head (sum of candidates)
     num_pools: int
@@ -174,7 +165,7 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
     pack = heads_per_program(cfg, num_heads, num_kv_heads)
     sparse_rows = sparse_rows or rows or default_sparse_rows(head_dim, device)
     rows, tile_m = tile_tokens(rows or default_rows(head_dim, device), pack, cfg.pool_block)
-    sparse_rows, sparse_tile_m = sparse_tile_tokens(sparse_rows, pack)
+    sparse_rows, sparse_tile_m = tile_tokens(sparse_rows, pack)
     segment_tokens = segment_tokens or default_segment_tokens(head_dim, device)
     if segment_tokens <= 0 or segment_tokens % 16:
         raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
@@ -235,7 +226,6 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         tiles=tiles_dev, sparse_tiles=to(table(sparse_tiles, 6)) if split_sparse else tiles_dev,
         items=to(items_cpu), segments=to(table(segs, 4)),
         pool_rows=to(torch.tensor(pool_rows, dtype=torch.float32)),
-        tile_pool=to(torch.tensor(tile_pool, dtype=torch.int64)),
         tile_pool_next=to(torch.tensor(tile_pool_next, dtype=torch.int64)),
         pool_tiles=to(table(pool_tiles, 2)),
         list_capacity=list_off, num_pools=len(pool_rows),

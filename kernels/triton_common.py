@@ -11,8 +11,9 @@ from . import plan as _plan
 LOG2E = 1.4426950408889634
 
 # Work-table columns (see plan.py) as constexprs, which is how jitted code may read globals.
-TILE_SEQ, TILE_ROW0, TILE_POS0, TILE_NROWS, TILE_ITEM = (
-    tl.constexpr(getattr(_plan, n)) for n in ("TILE_SEQ", "TILE_ROW0", "TILE_POS0", "TILE_NROWS", "TILE_ITEM"))
+TILE_SEQ, TILE_ROW0, TILE_POS0, TILE_NROWS, TILE_ITEM, TILE_POOL = (
+    tl.constexpr(getattr(_plan, n)) for n in ("TILE_SEQ", "TILE_ROW0", "TILE_POS0", "TILE_NROWS", "TILE_ITEM",
+                                              "TILE_POOL"))
 ITEM_SEQ, ITEM_LIST_OFF, ITEM_POOL0, ITEM_NPOOL, ITEM_SEG0, ITEM_NSEG = (
     tl.constexpr(getattr(_plan, n)) for n in ("ITEM_SEQ", "ITEM_LIST_OFF", "ITEM_POOL0", "ITEM_NPOOL",
                                               "ITEM_SEG0", "ITEM_NSEG"))

@@ -19,16 +19,17 @@ import triton
 import triton.language as tl
 
 from .triton_common import (ITEM_LIST_OFF, ITEM_NPOOL, ITEM_NSEG, ITEM_POOL0, ITEM_SEG0, ITEM_SEQ,
-                            SEG_HI, SEG_ITEM, SEG_LO, SEG_OFF, paged_row_offsets)
+                            SEG_HI, SEG_ITEM, SEG_LO, SEG_OFF, TILE_POOL, paged_row_offsets)
 
 
 @triton.jit
-def pool_queries_kernel(QSUM, MSUM, POOL_TILES, TILE_POOL, TILE_POOL_NEXT, POOL_ROWS, QBAR, ABAR,
+def pool_queries_kernel(QSUM, MSUM, POOL_TILES, TILES, TILE_POOL_NEXT, POOL_ROWS, QBAR, ABAR,
                         NUM_HEADS: tl.constexpr, HEAD_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
     """``QBAR[p] = sum of the pool's query rows / rows``, the same for ``ABAR`` (log2 anchors).
 
     ``QSUM``/``MSUM`` hold, per anchor tile, the sums of its rows before (part 0) and after
-    (part 1) its pooling-block edge; ``POOL_TILES[p]`` is the run of tiles touching pool ``p``.
+    (part 1) its pooling-block edge, which belong to the pools ``TILES[t, TILE_POOL]`` and
+    ``TILE_POOL_NEXT[t]``; ``POOL_TILES[p]`` is the run of tiles touching pool ``p``.
     """
     pool = tl.program_id(0)
     h = tl.program_id(1) * HEAD_BLOCK + tl.arange(0, HEAD_BLOCK)
@@ -42,7 +43,7 @@ def pool_queries_kernel(QSUM, MSUM, POOL_TILES, TILE_POOL, TILE_POOL_NEXT, POOL_
         t = (t0 + k).to(tl.int64)
         for part in tl.static_range(2):
             if part == 0:
-                mine = tl.load(TILE_POOL + t) == pool
+                mine = tl.load(TILES + t * 6 + TILE_POOL) == pool
             else:
                 mine = tl.load(TILE_POOL_NEXT + t) == pool
             base = (t * 2 + part) * NUM_HEADS + h

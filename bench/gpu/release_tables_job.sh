@@ -9,8 +9,7 @@ cd /tmp
 R=/tmp/release_tables; mkdir -p $R
 trap 'tar czf "$OUT/release_tables_$1.tar.gz" -C /tmp release_tables' EXIT
 echo "== $GPU_NAME"; date
-T=$SECONDS
-lap() { echo "-- $1: $((SECONDS - T)) s"; T=$SECONDS; }
+LAP_T=$SECONDS
 case "$1" in
 A)
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" 2>&1 | tee "$R/gpu_tests.log" | tail -2

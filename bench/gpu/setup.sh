@@ -15,6 +15,10 @@ export GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 export YARN4='{"rope_parameters":{"rope_type":"yarn","factor":4.0,"rope_theta":100000.0,"original_max_position_embeddings":8192},"max_position_embeddings":32768}'
 export YARN16='{"rope_parameters":{"rope_type":"yarn","factor":16.0,"rope_theta":100000.0,"original_max_position_embeddings":8192},"max_position_embeddings":131072}'
 
+# lap NAME: seconds since the job's previous lap (or since setup), for the jobs' progress lines.
+LAP_T=$SECONDS
+lap() { echo "-- $1: $((SECONDS - LAP_T)) s"; LAP_T=$SECONDS; }
+
 # wait_healthy PORT PID [SECONDS]: until /health answers 200, or the server died, or time is up.
 wait_healthy() {
   local port=$1 pid=$2 limit=${3:-300} t0=$SECONDS

@@ -12,8 +12,7 @@ cd /tmp
 R=/tmp/sparse_tiles; mkdir -p $R
 trap 'tar czf "$OUT/sparse_tiles_$1.tar.gz" -C /tmp sparse_tiles' EXIT
 echo "== $GPU_NAME, part $1"; date
-T=$SECONDS
-lap() { echo "-- $1: $((SECONDS - T)) s"; T=$SECONDS; }
+LAP_T=$SECONDS
 case "$1" in
 A)
   timeout 220 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" 2>&1 | tee "$R/gpu_tests.log" | tail -3
