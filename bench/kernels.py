@@ -15,6 +15,7 @@ mass on the keys attended), output error and speed-up over FA3, for a sweep of t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -256,6 +257,8 @@ def recall_sampled(q, k, plan, ws, cfg, scale, n, samples_per_item=16, seed=0):
 
 def run_smollm2(args):
     captured, _ = capture_smollm2(args.model, max(args.lengths))
+    variants = sweep_configs(args)
+    budget = args.budget
     rows = []
     for n in args.lengths:
         for li, (q_all, k_all, v_all) in enumerate(captured):
@@ -265,25 +268,25 @@ def run_smollm2(args):
             kv_cache, bt = paged_cache(k, v, seed=li)
             fa_out = torch.empty_like(q)
             fa_ms = time_ms(lambda: fa3_prefill(q, kv_cache, bt, n, scale, out=fa_out), budget_s=0.2)
-            for theta in args.thetas:
-                cfg = AnchorConfig(theta=theta, **variant(args))
+            for (spec, overrides), theta in itertools.product(variants.items(), args.thetas):
+                cfg = AnchorConfig(theta=theta, **overrides)
                 plan = plan_anchor_prefill([0, n], [n], cfg, q.shape[1], kv_cache.shape[1], d, "cuda")
                 call = _Call(q, kv_cache, bt, plan, scale)
                 ws = new_workspace(call)
                 out = torch.empty_like(q)
                 ms = time_ms(lambda: anchor_prefill(q, kv_cache, bt, plan, scale, out=out, workspace=ws),
-                             budget_s=0.2)
+                             budget_s=budget)
                 w = work(plan, ws, q.shape[1], d, n)
                 rec = recall_sampled(q, k, plan, ws, cfg, scale, n, seed=li)
-                row = {"tokens": n, "layer": li, "theta": theta, "fa3_ms": fa_ms, "anchor_ms": ms,
+                row = {"tokens": n, "layer": li, "variant": spec, "theta": theta, "fa3_ms": fa_ms, "anchor_ms": ms,
                        "speedup_vs_fa3": fa_ms / ms, "stripe_density": w["stripe_density"],
                        "attended_fraction": w["attended_fraction"],
                        "recall_mean": float(rec.mean()), "recall_p5": float(rec.quantile(0.05)),
                        "recall_min": float(rec.min()), "rel_err_vs_fa3": rel_err(out, fa_out)}
                 if args.steps:  # where the time goes, step by step (same workspace, same lists)
-                    row.update(anchor_step_ms=time_ms(lambda: run_anchor_step(call, ws), budget_s=0.05),
-                               stripe_step_ms=time_ms(lambda: run_stripe_step(call, ws), budget_s=0.05),
-                               sparse_step_ms=time_ms(lambda: run_sparse_step(call, ws, out), budget_s=0.05))
+                    row.update(anchor_step_ms=time_ms(lambda: run_anchor_step(call, ws), budget_s=budget / 4),
+                               stripe_step_ms=time_ms(lambda: run_stripe_step(call, ws), budget_s=budget / 4),
+                               sparse_step_ms=time_ms(lambda: run_sparse_step(call, ws, out), budget_s=budget / 4))
                 rows.append(row)
         summary = summarize(rows, n, args.thetas)
         for s in summary:
@@ -300,16 +303,51 @@ def variant(args) -> dict:
     return v
 
 
+def parse_variant(spec: str) -> dict:
+    """One ``--sweep`` entry: ``base`` (the command line's settings) or comma-separated
+    ``field=value`` AnchorConfig overrides on top of them, e.g. ``group_size=1024,share_gqa=false``.
+    Validated here, so a typo stops the run before the model loads instead of after."""
+    if spec == "base":
+        return {}
+    out = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key not in AnchorConfig.field_names() or key == "theta":
+            raise ValueError(f"--sweep entry {spec!r}: {part!r} is not FIELD=VALUE with FIELD one of "
+                             f"{[f for f in AnchorConfig.field_names() if f != 'theta']}")
+        if key == "share_gqa":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--sweep entry {spec!r}: share_gqa must be true or false")
+            out[key] = value.lower() == "true"
+        else:
+            out[key] = int(value)
+    return out
+
+
+def sweep_configs(args) -> dict[str, dict]:
+    """``{spec: AnchorConfig overrides}`` of every --sweep entry, each checked by AnchorConfig
+    itself (pool block a power of two, group a multiple of it, ...) with the entry named."""
+    out = {}
+    for spec in args.sweep:
+        overrides = {**variant(args), **parse_variant(spec)}
+        try:
+            AnchorConfig(**overrides)
+        except ValueError as e:
+            raise ValueError(f"--sweep entry {spec!r}: {e}") from None
+        out[spec] = overrides
+    return out
+
+
 def summarize(rows, n, thetas):
     out = []
-    for theta in thetas:
-        r = [x for x in rows if x["tokens"] == n and x["theta"] == theta]
+    for spec, theta in itertools.product(dict.fromkeys(x.get("variant", "base") for x in rows), thetas):
+        r = [x for x in rows if x["tokens"] == n and x["theta"] == theta and x.get("variant", "base") == spec]
         if not r:
             continue
         fa = sum(x["fa3_ms"] for x in r)
         an = sum(x["anchor_ms"] for x in r)
         worst = min(r, key=lambda x: x["recall_mean"])
-        out.append({"tokens": n, "theta": theta, "layers": len(r),
+        out.append({"tokens": n, "variant": spec, "theta": theta, "layers": len(r),
                     "speedup_all_layers": fa / an, "fa3_ms_all_layers": fa, "anchor_ms_all_layers": an,
                     "stripe_density_mean": statistics.mean(x["stripe_density"] for x in r),
                     "attended_fraction_mean": statistics.mean(x["attended_fraction"] for x in r),
@@ -339,6 +377,11 @@ def main(argv=None):
     for name in ("sink-tokens", "local-tokens", "group-size", "pool-block"):
         m.add_argument(f"--{name}", type=int, default=None, help="AnchorConfig override (default: its default)")
     m.add_argument("--no-share-gqa", action="store_true", help="one stripe list per query head")
+    m.add_argument("--sweep", nargs="+", default=["base"], metavar="SPEC",
+                   help="config variants measured on the same captured Q/K/V: 'base' (the options above) "
+                        "or FIELD=VALUE[,FIELD=VALUE...] on top of it, e.g. group_size=1024,share_gqa=false")
+    m.add_argument("--budget", type=float, default=0.2,
+                   help="seconds of timed runs per measurement (a quarter of it per step with --steps)")
     for p in (s, m):
         p.add_argument("--out", required=True)
         p.add_argument("--tuned", nargs="+", default=[], metavar="TUNE_JSON",
@@ -346,6 +389,11 @@ def main(argv=None):
         p.add_argument("--launch", nargs="+", default=[], metavar="KERNEL.OPTION=VALUE",
                        help="override single launch options, e.g. anchor.RESCALE_TAU=0 (after --tuned)")
     args = ap.parse_args(argv)
+    if args.mode == "smollm2":
+        try:
+            sweep_configs(args)
+        except ValueError as e:
+            ap.error(str(e))
     meta = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     if args.tuned or args.launch:
         import tuned

@@ -1,0 +1,64 @@
+"""bench/kernels.py's config sweep: each --sweep entry becomes one AnchorConfig on top of the
+command line's settings, and a bad entry is rejected before any model is loaded."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from vllm_anchor.kernels import AnchorConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "bench" / "kernels.py")
+bench_kernels = importlib.util.module_from_spec(spec)
+sys.path.insert(0, str(ROOT / "bench"))
+spec.loader.exec_module(bench_kernels)
+
+
+def test_sweep_entries_override_the_command_line_settings():
+    assert bench_kernels.parse_variant("base") == {}
+    assert bench_kernels.parse_variant("group_size=1024,share_gqa=false,pool_block=64") == {
+        "group_size": 1024, "share_gqa": False, "pool_block": 64}
+    assert bench_kernels.parse_variant("share_gqa=True") == {"share_gqa": True}
+
+
+@pytest.mark.parametrize("bad", ["theta=8", "group=1024", "group_size", "share_gqa=maybe", "pool_block=x"])
+def test_bad_sweep_entries_are_rejected(bad):
+    with pytest.raises(ValueError):
+        bench_kernels.parse_variant(bad)
+
+
+@pytest.mark.parametrize("bad", ["group_size=100", "pool_block=48", "group_size=1000", "theta=1"])
+def test_bad_sweep_entry_stops_the_cli_before_loading_the_model(capsys, bad):
+    with pytest.raises(SystemExit):
+        bench_kernels.main(["smollm2", "--model", "/nonexistent", "--out", "/tmp/x.json",
+                            "--sweep", "base", bad])
+    assert repr(bad) in capsys.readouterr().err
+
+
+def test_sweep_entries_combine_with_the_command_line_settings():
+    args = bench_kernels.argparse.Namespace(sink_tokens=None, local_tokens=None, group_size=None,
+                                            pool_block=64, no_share_gqa=True,
+                                            sweep=["base", "group_size=512"])
+    assert bench_kernels.sweep_configs(args) == {
+        "base": {"pool_block": 64, "share_gqa": False},
+        "group_size=512": {"pool_block": 64, "share_gqa": False, "group_size": 512}}
+    args.sweep = ["group_size=8192"]  # 128 pooled blocks of 64 per group: too many
+    with pytest.raises(ValueError, match="group_size=8192"):
+        bench_kernels.sweep_configs(args)
+
+
+def test_summary_is_per_variant_and_theta():
+    rows = [{"tokens": 8, "layer": li, "variant": v, "theta": t, "fa3_ms": 2.0, "anchor_ms": ms,
+             "stripe_density": 0.1, "attended_fraction": 0.2, "recall_mean": r, "recall_p5": r,
+             "rel_err_vs_fa3": 0.01}
+            for v, ms, r in (("base", 1.0, 0.99), ("group_size=1024", 0.5, 0.9))
+            for t in (8.0, 12.0) for li in range(2)]
+    out = bench_kernels.summarize(rows, 8, [8.0, 12.0])
+    assert [(s["variant"], s["theta"]) for s in out] == [
+        ("base", 8.0), ("base", 12.0), ("group_size=1024", 8.0), ("group_size=1024", 12.0)]
+    assert [s["speedup_all_layers"] for s in out] == [2.0, 2.0, 4.0, 4.0]
+    assert out[2]["recall_mean"] == pytest.approx(0.9)
+    assert AnchorConfig(**bench_kernels.parse_variant("group_size=1024")).group_size == 1024
