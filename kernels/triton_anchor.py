@@ -108,13 +108,8 @@ def anchor_kernel(
     NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT_DIAGONAL: tl.constexpr = True, RESCALE_TAU: tl.constexpr = 0.0, MERGE_BULK: tl.constexpr = True,
-    LONGEST_FIRST: tl.constexpr = False,
 ):
     tile = tl.program_id(0)
-    if LONGEST_FIRST:
-        # within a group a tile's span grows with its position: run the tiles in reverse so
-        # each group's longest start first and the last wave holds short ones
-        tile = tl.num_programs(0) - 1 - tile
     hbase = tl.program_id(1) * HEADS
     seq = tl.load(TILES + tile * 6 + TILE_SEQ)
     row0 = tl.load(TILES + tile * 6 + TILE_ROW0)

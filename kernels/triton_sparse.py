@@ -60,13 +60,9 @@ def sparse_kernel(
     NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, HEADS: tl.constexpr,
     SEL_DIV: tl.constexpr, LINEAR_SLOTS: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-    RESCALE_TAU: tl.constexpr = 0.0, LONGEST_FIRST: tl.constexpr = False,
+    RESCALE_TAU: tl.constexpr = 0.0,
 ):
     tile = tl.program_id(0)
-    if LONGEST_FIRST:
-        # tiles are in token order and later groups have longer lists: start those first so
-        # the last wave is short tiles, not a few long ones on an otherwise idle GPU
-        tile = tl.num_programs(0) - 1 - tile
     hbase = tl.program_id(1) * HEADS
     row0 = tl.load(TILES + tile * 6 + TILE_ROW0)
     nrows = tl.load(TILES + tile * 6 + TILE_NROWS)

@@ -300,8 +300,8 @@ def test_non_power_of_two_head_packing_matches_reference(heads, rows):
                               TOL[torch.float32])
 
 
-@pytest.mark.parametrize("option", [{"SPLIT_DIAGONAL": False}, {"MERGE_BULK": False}, {"LONGEST_FIRST": True}],
-                         ids=["one-masked-loop", "one-loop-per-span", "reverse-tile-order"])
+@pytest.mark.parametrize("option", [{"SPLIT_DIAGONAL": False}, {"MERGE_BULK": False}],
+                         ids=["one-masked-loop", "one-loop-per-span"])
 def test_anchor_loop_structure_is_a_pure_speed_option(option):
     """The default (the sink's and the local span's unmasked blocks in one loop, then the masked
     remainders) gives the same state as one masked loop per span, and as an unmasked and a
@@ -314,21 +314,6 @@ def test_anchor_loop_structure_is_a_pure_speed_option(option):
     run_anchor_step(call, ws)
     for k, v in split.items():
         torch.testing.assert_close(getattr(ws, k), v, rtol=1e-5, atol=1e-5, msg=k)
-
-
-def test_sparse_tile_order_is_a_pure_speed_option():
-    """LONGEST_FIRST runs the sparse step's tiles in reverse (long lists first): same output."""
-    cfg = small_cfg(theta=2.0)
-    case = make_case([(30, 140), (0, 90)], 6, 2, 16, seed=15, strong_frac=0.2, strong_gain=1.6)
-    plan, call, ws = _steps(case, cfg)
-    run_stripe_step(call, ws)
-    assert plan.num_sparse_tiles > 2 and int(ws.counts.sum()) > 0
-    ref = torch.full_like(case.q, float("nan"))
-    run_sparse_step(call, ws, ref)
-    call.opts = {**call.opts, "sparse": {**call.opts["sparse"], "LONGEST_FIRST": True}}
-    out = torch.full_like(case.q, float("nan"))
-    run_sparse_step(call, ws, out)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
 def _with_tau(call, tau):

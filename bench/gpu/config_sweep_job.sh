@@ -3,7 +3,8 @@
 #   A, B: bench/kernels.py smollm2 at 32k (real Q/K/V, all 30 layers, theta 7-12, step times):
 #         which AnchorConfig (group size, pooling block, GQA sharing) reaches mean recall >= 0.95
 #         at the lowest cost; A sweeps the group size, B the pooling block and per-head lists
-#   C:    tile order A/B (LONGEST_FIRST launch option of the anchor and sparse kernels):
+#   C:    tile order A/B (a LONGEST_FIRST launch option, reverse tile order, of the anchor and sparse
+#         kernels, removed after this run: no gain):
 #         synthetic 128k / 10% and SmolLM2 32k steps, off / on / off / on, plus the GPU suite
 # Usage on the GPU host: bash bench/gpu/config_sweep_job.sh A|B|C   (results: $OUT/config_sweep_$1.tar.gz)
 source bench/gpu/setup.sh
