@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench_summarize", ROOT / "bench" / "summarize.py")
 summarize = importlib.util.module_from_spec(spec)
@@ -46,3 +48,28 @@ def test_layer_tables_from_both_sources():
     lines = summarize.layers_from_calibrate(json.loads((ROOT / "bench/results/calibrate_gemma3_270m_cpu.json").read_text()))
     assert [x.split("|")[1].strip() for x in lines if x.startswith("| 5 |") or x.startswith("| 17 |")][:2] == ["5", "17"]
     assert any("sliding window" in x for x in lines)
+
+
+def _point(theta, recall, speedup, variant="base"):
+    return {"tokens": 8, "variant": variant, "theta": theta, "layers": 2, "speedup_all_layers": speedup,
+            "fa3_ms_all_layers": 10.0, "recall_mean": recall, "recall_p5_mean": recall - 0.1,
+            "worst_layer": 1, "worst_layer_recall_mean": recall - 0.05, "attended_fraction_mean": 0.2}
+
+
+def test_speedup_at_recall_interpolates_between_the_thetas_around_the_target():
+    pts = [_point(10, 0.96, 2.0), _point(8, 0.94, 3.0), _point(12, 0.99, 1.5)]  # any order
+    theta, speed = summarize.speedup_at_recall(pts, 0.95)
+    assert theta == pytest.approx(9.0) and speed == pytest.approx(2.5)
+    assert summarize.speedup_at_recall(pts, 0.99) == (12, 1.5)  # reached exactly at a measured theta
+    assert summarize.speedup_at_recall(pts, 0.90) == (8, 3.0)  # already at the smallest theta
+    assert summarize.speedup_at_recall(pts, 0.995) is None
+
+
+def test_sweep_tables_list_every_variant_and_its_frontier():
+    d = {"meta": {"command": "bench/kernels.py smollm2 --sweep base group_size=1024", "gpu": "H100"},
+         "summary": [_point(8, 0.94, 3.0), _point(10, 0.96, 2.0),
+                     _point(8, 0.93, 3.4, "group_size=1024"), _point(10, 0.97, 2.4, "group_size=1024")]}
+    text = "\n".join(summarize.sweep_tables(d, 0.95))
+    assert "| group_size=1024 | 8 | 3.40× | 0.930 |" in text
+    assert "| base | 9.00 | 2.50× |" in text and "| group_size=1024 | 9.00 | 2.90× |" in text
+    assert "not reached" in "\n".join(summarize.sweep_tables(d, 0.99))
