@@ -120,21 +120,25 @@ def test_recall_and_density_grow_with_theta():
     assert m[float("inf")]["stripe_density"] == pytest.approx(1.0)
 
 
-def _layers(*recalls):
-    return [{"recall_mean": r, "stripe_density": 0.1, "attended_fraction": 0.2, "rel_err": 0.01}
-            for r in recalls]
+def _layers(*recalls, p5=0.97):
+    return [{"recall_mean": r, "recall_p5": min(r, p5), "stripe_density": 0.1, "attended_fraction": 0.2,
+             "rel_err": 0.01} for r in recalls]
 
 
-def test_recommend_picks_smallest_theta_meeting_both_bars():
+def test_recommend_picks_smallest_theta_meeting_the_bars():
     table = {8.0: _layers(0.99, 0.80, 0.99),   # mean 0.927: below target
              10.0: _layers(0.99, 0.84, 0.99, 0.99, 0.99, 0.99),  # mean ok, worst below floor
-             12.0: _layers(0.97, 0.90, 0.99),  # mean 0.953, worst 0.90: ok
+             11.0: _layers(0.99, 0.97, 0.99, p5=0.92),  # mean and worst ok, p5 below its floor
+             12.0: _layers(0.97, 0.90, 0.99),  # mean 0.953, worst 0.90, p5 0.94: ok
              14.0: _layers(0.99, 0.95, 0.99)}
     r = cal.recommend(table, 0.95, 0.85)
-    assert r["theta"] == 12.0 and r["met"] and not r["at_sweep_edge"]
+    assert r["theta"] == 12.0 and r["met"] and not r["at_sweep_edge"] and r["p5_floor"] == cal.P5_FLOOR
+    assert cal.recommend(table, 0.95, 0.85, p5_floor=0.0)["theta"] == 11.0  # the bar off
     assert cal.recommend({k: v for k, v in table.items() if k >= 12}, 0.95, 0.85)["at_sweep_edge"]
     s10 = next(x for x in r["summary"] if x["theta"] == 10.0)
     assert s10["worst_layer"] == 1 and s10["worst_layer_recall"] == pytest.approx(0.84)
+    s12 = next(x for x in r["summary"] if x["theta"] == 12.0)
+    assert s12["mean_recall_p5"] == pytest.approx((0.97 + 0.90 + 0.97) / 3)
     assert cal.recommend(table, 0.999, 0.85)["theta"] is None
 
 
@@ -185,7 +189,7 @@ def test_calibrate_smollm2_end_to_end(tmp_path):
         assert summ[t]["worst_layer"] == worst["layer"]
         assert summ[t]["worst_layer_recall"] == worst["recall_mean"]
     ok = [t for t in (6.0, 16.0) if summ[t]["mean_recall"] >= 0.95
-          and summ[t]["worst_layer_recall"] >= 0.85]
+          and summ[t]["worst_layer_recall"] >= 0.85 and summ[t]["mean_recall_p5"] >= cal.P5_FLOOR]
     assert res["recommended_theta"] == (ok[0] if ok else None)
     assert summ[16.0]["mean_recall"] > 0.9  # theta 16 keeps nearly every candidate
     assert (tmp_path / "cal.png").read_bytes()[:8] == PNG_MAGIC
