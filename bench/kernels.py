@@ -10,7 +10,9 @@ the work it actually does, and the error at theta = inf against FA3.
 
 ``smollm2``: real post-RoPE Q/K/V of SmolLM2-135M (YaRN x4 to 32k) on real text (Python's
 pydoc topics), every layer: stripe density, attention-mass recall (share of the dense softmax
-mass on the keys attended), output error and speed-up over FA3, for a sweep of theta.
+mass on the keys attended), output error and speed-up over FA3, for a sweep of theta; with
+``--sweep base group_size=1024 ...`` for several AnchorConfig variants on the same capture
+(``bench/summarize.py sweep`` tabulates them).
 """
 from __future__ import annotations
 
@@ -320,7 +322,10 @@ def parse_variant(spec: str) -> dict:
                 raise ValueError(f"--sweep entry {spec!r}: share_gqa must be true or false")
             out[key] = value.lower() == "true"
         else:
-            out[key] = int(value)
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise ValueError(f"--sweep entry {spec!r}: {key} must be an integer, got {value!r}") from None
     return out
 
 

@@ -26,7 +26,7 @@ def test_sweep_entries_override_the_command_line_settings():
 
 @pytest.mark.parametrize("bad", ["theta=8", "group=1024", "group_size", "share_gqa=maybe", "pool_block=x"])
 def test_bad_sweep_entries_are_rejected(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=repr(bad)):
         bench_kernels.parse_variant(bad)
 
 
