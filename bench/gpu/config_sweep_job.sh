@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU job 14 (one H100, three calls of about 4 min, back to back on one warm machine):
+# GPU job 14 (one H100, three calls back to back on one warm machine: A and B about 3 min, C 7.5):
 #   A, B: bench/kernels.py smollm2 at 32k (real Q/K/V, all 30 layers, theta 7-12, step times):
 #         which AnchorConfig (group size, pooling block, GQA sharing) reaches mean recall >= 0.95
 #         at the lowest cost; A sweeps the group size, B the pooling block and per-head lists

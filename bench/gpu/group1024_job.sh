@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU job 15 (one H100, two calls back to back, about 6 + 4 min): is group_size 1024 a better
+# GPU job 15 (one H100, two calls back to back, 6 and 3 min): is group_size 1024 a better
 # default? bench/results/config_sweep_h100/ (kernels, real SmolLM2 Q/K/V at 32k) measured it
 # 1.63x vs 1.49x at theta 12 (recall 0.986 vs 0.989) and 2.34x at theta 10 (recall 0.967).
 #   Q: SmolLM2 YaRN x4 (32k), three servers at once: anchor G 1024 theta 12 (8001), anchor
