@@ -63,13 +63,16 @@ def test_speedup_at_recall_interpolates_between_the_thetas_around_the_target():
     assert summarize.speedup_at_recall(pts, 0.99) == (12, 1.5)  # reached exactly at a measured theta
     assert summarize.speedup_at_recall(pts, 0.90) == (8, 3.0)  # already at the smallest theta
     assert summarize.speedup_at_recall(pts, 0.995) is None
+    # the same on the p5 column (recall - 0.1 here): 0.85 is reached halfway between 8 and 10
+    assert summarize.speedup_at_recall(pts, 0.85, "recall_p5_mean") == pytest.approx((9.0, 2.5))
 
 
 def test_sweep_tables_list_every_variant_and_its_frontier():
     d = {"meta": {"command": "bench/kernels.py smollm2 --sweep base group_size=1024", "gpu": "H100"},
          "summary": [_point(8, 0.94, 3.0), _point(10, 0.96, 2.0),
                      _point(8, 0.93, 3.4, "group_size=1024"), _point(10, 0.97, 2.4, "group_size=1024")]}
-    text = "\n".join(summarize.sweep_tables(d, 0.95))
+    text = "\n".join(summarize.sweep_tables(d, 0.95, 0.86))
     assert "| group_size=1024 | 8 | 3.40× | 0.930 |" in text
     assert "| base | 9.00 | 2.50× |" in text and "| group_size=1024 | 9.00 | 2.90× |" in text
-    assert "not reached" in "\n".join(summarize.sweep_tables(d, 0.99))
+    assert "| base | 10.00 | 2.00× |" in text.split("p5 recall reaches 0.86")[1]  # p5 0.86 at theta 10
+    assert "not reached" in "\n".join(summarize.sweep_tables(d, 0.99, 0.86))
