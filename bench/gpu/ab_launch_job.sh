@@ -8,8 +8,7 @@
 # smollm2_{A,B}.json).
 source bench/gpu/setup.sh
 cd /tmp
-R=/tmp/abres; mkdir -p $R
-trap 'tar czf "$OUT/ab_launch_job.tar.gz" -C /tmp abres' EXIT
+job_results abres ab_launch_job
 AB_LAUNCH=${AB_LAUNCH:-"anchor.RESCALE_TAU=8 sparse.RESCALE_TAU=8"}
 echo "== $GPU_NAME"; date; echo "A = --launch $AB_LAUNCH; B = defaults"
 T=$SECONDS

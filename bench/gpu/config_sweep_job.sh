@@ -9,8 +9,7 @@
 # Usage on the GPU host: bash bench/gpu/config_sweep_job.sh A|B|C   (results: $OUT/config_sweep_$1.tar.gz)
 source bench/gpu/setup.sh
 cd /tmp
-R=/tmp/config_sweep; mkdir -p $R
-trap 'tar czf "$OUT/config_sweep_$1.tar.gz" -C /tmp config_sweep' EXIT
+job_results config_sweep config_sweep_$1
 echo "== $GPU_NAME, part $1"; date
 THETAS=(7 8 9 10 11 12)
 sweep() {  # sweep NAME SPEC...: one process, Q/K/V captured once, every SPEC x theta

@@ -11,8 +11,7 @@
 PART=$1
 source bench/gpu/setup.sh
 cd /tmp
-R=/tmp/group1024_$PART; mkdir -p $R
-trap 'tar czf "$OUT/group1024_$PART.tar.gz" -C /tmp group1024_$PART' EXIT
+job_results group1024_$PART group1024_$PART
 echo "== $GPU_NAME, part $PART"; date
 case "$PART" in
 Q) COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 6G --served-model-name smollm2) ;;

@@ -6,10 +6,8 @@
 # Usage on the GPU host: bash bench/gpu/release_tables_job.sh A|B   (results: $OUT/release_tables_$1.tar.gz)
 source bench/gpu/setup.sh
 cd /tmp
-R=/tmp/release_tables; mkdir -p $R
-trap 'tar czf "$OUT/release_tables_$1.tar.gz" -C /tmp release_tables' EXIT
+job_results release_tables release_tables_$1
 echo "== $GPU_NAME"; date
-LAP_T=$SECONDS
 case "$1" in
 A)
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" 2>&1 | tee "$R/gpu_tests.log" | tail -2

@@ -19,6 +19,14 @@ export YARN16='{"rope_parameters":{"rope_type":"yarn","factor":16.0,"rope_theta"
 LAP_T=$SECONDS
 lap() { echo "-- $1: $((SECONDS - LAP_T)) s"; LAP_T=$SECONDS; }
 
+# job_results FOLDER ARCHIVE: the job's results folder R=/tmp/FOLDER, packed into
+# $OUT/ARCHIVE.tar.gz however the job ends. The names are fixed here, so a job that reuses its
+# positional parameters (`set -- ...`) cannot change what the exit trap packs.
+job_results() {
+  R=/tmp/$1; mkdir -p "$R"
+  trap "tar czf '$OUT/$2.tar.gz' -C /tmp '$1'" EXIT
+}
+
 # wait_healthy PORT PID [SECONDS]: until /health answers 200, or the server died, or time is up.
 wait_healthy() {
   local port=$1 pid=$2 limit=${3:-300} t0=$SECONDS

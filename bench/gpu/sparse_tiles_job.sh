@@ -9,10 +9,8 @@
 # Usage on the GPU host: bash bench/gpu/sparse_tiles_job.sh A|B   (results: $OUT/sparse_tiles_$1.tar.gz)
 source bench/gpu/setup.sh
 cd /tmp
-R=/tmp/sparse_tiles; mkdir -p $R
-trap 'tar czf "$OUT/sparse_tiles_$1.tar.gz" -C /tmp sparse_tiles' EXIT
+job_results sparse_tiles sparse_tiles_$1
 echo "== $GPU_NAME, part $1"; date
-LAP_T=$SECONDS
 case "$1" in
 A)
   timeout 220 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" 2>&1 | tee "$R/gpu_tests.log" | tail -3
