@@ -36,7 +36,7 @@ def test_theta_inf_equals_dense(dtype, head_dim, share):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("sparse_rows", [64, 256])
 def test_sparse_tile_rows_keep_theta_inf_dense(dtype, head_dim, sparse_rows):
     """The sparse step's own tile size (bench/tune.py --kernels sparse) is a speed option only."""
