@@ -28,6 +28,7 @@ import torch
 
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill, stripe_density
 from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step
+from vllm_anchor.kernels.plan import ITEM_NTAIL
 
 PAGE = 16
 
@@ -102,9 +103,10 @@ def work(plan, ws, num_heads: int, head_dim: int, n: int):
     cand = (items[:, 1] - plan.cfg.sink_tokens).double()
     sparse_pairs = float((counts.sum(1) * q_per_item).sum()) * heads_per_sel
     scan_rows = plan.cfg.pools_per_group * heads_per_sel
+    tail_rows = items[:, ITEM_NTAIL].double() * heads_per_sel  # the tail's queries, scored one by one
     return {
         "anchor_flop": 4.0 * head_dim * num_heads * anchor_pairs(n, plan.cfg),
-        "stripe_flop": 2.0 * head_dim * scan_rows * num_sel * float(cand.sum()),
+        "stripe_flop": 2.0 * head_dim * num_sel * float(((scan_rows + tail_rows) * cand).sum()),
         "sparse_flop": 4.0 * head_dim * sparse_pairs,
         "dense_flop": 4.0 * head_dim * num_heads * n * (n + 1) / 2,
         "stripe_density": stripe_density(plan, ws.counts),

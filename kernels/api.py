@@ -154,7 +154,7 @@ def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torc
 
 
 def run_stripe_step(call: _Call, ws: AnchorWorkspace) -> None:
-    plan, cfg = call.plan, call.cfg
+    q, plan, cfg = call.q, call.plan, call.cfg
     if plan.num_items == 0:
         return
     if plan.num_segments:
@@ -163,7 +163,7 @@ def run_stripe_step(call: _Call, ws: AnchorWorkspace) -> None:
         rows = max(16, triton.next_power_of_2(cfg.pools_per_group) * sel_pad)
         theta = cfg.theta * LOG2E if math.isfinite(cfg.theta) else cfg.theta
         stripe_scan_kernel[(plan.num_segments, call.num_sel)](
-            qbar, abar, *call.kv_args(), plan.items, plan.segments,
+            qbar, abar, q, q.stride(0), q.stride(1), ws.m, *call.kv_args(), plan.items, plan.segments,
             ws.scratch, ws.scratch.stride(0), ws.seg_counts, call.num_sel,
             call.qk_scale, theta,
             NUM_HEADS=call.num_heads, KV_REP=call.rep, SEL_HEADS=call.sel_heads,

@@ -7,7 +7,9 @@ For a query at absolute position ``i`` in group ``g = i // group_size``:
 
 * anchor region = sink keys ``[0, sink_tokens)`` plus the local window
   ``[max(sink_tokens, g*group_size - local_tokens), i]``;
-* stripe candidates = the gap between them, ``[sink_tokens, g*group_size - local_tokens)``.
+* stripe candidates = the gap between them, ``[sink_tokens, g*group_size - local_tokens)``;
+  a candidate is kept when a pooled block of the group's queries (or, for the chunk's last
+  ``tail_tokens`` queries, the query itself) scores it within ``theta`` of its anchor.
 
 The two sets are disjoint and together cover every key ``<= i`` (no double counting and no
 dropped block, unlike the published code; see docs/anchor-algorithm.md section 1d).
@@ -46,6 +48,11 @@ class AnchorConfig:
     share_gqa:
         One stripe list per KV head and group (union over its query heads), so every gathered
         K/V row serves all those query heads. ``False`` keeps one list per query head.
+    tail_tokens:
+        The last ``tail_tokens`` queries of each chunk are also scored one by one, each against
+        its own anchor, and the columns they keep join their group's list. The end of a prompt
+        is usually its question, and averaging it with the text before it in a pooling block
+        can drop the one column it needs (a needle far back). ``0`` pools every query.
     """
 
     theta: float = 12.0
@@ -54,11 +61,12 @@ class AnchorConfig:
     group_size: int = 2048
     pool_block: int = 128
     share_gqa: bool = True
+    tail_tokens: int = 64
 
     def __post_init__(self) -> None:
         if not isinstance(self.theta, (int, float)) or math.isnan(self.theta):
             raise ValueError(f"theta must be a number of nats (inf allowed), got {self.theta!r}")
-        for name in ("sink_tokens", "local_tokens"):
+        for name in ("sink_tokens", "local_tokens", "tail_tokens"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")

@@ -23,7 +23,8 @@ from .config import AnchorConfig
 
 # Column layouts of the packed int32 work tables.
 TILE_SEQ, TILE_ROW0, TILE_POS0, TILE_NROWS, TILE_ITEM, TILE_POOL = range(6)
-ITEM_SEQ, ITEM_CAND_END, ITEM_LIST_OFF, ITEM_POOL0, ITEM_NPOOL, ITEM_SEG0, ITEM_NSEG = range(7)
+ITEM_SEQ, ITEM_CAND_END, ITEM_LIST_OFF, ITEM_POOL0, ITEM_NPOOL, ITEM_SEG0, ITEM_NSEG, ITEM_TAIL_ROW0, ITEM_NTAIL = range(9)
+ITEM_COLS = 9
 SEG_ITEM, SEG_LO, SEG_HI, SEG_OFF = range(4)
 
 
@@ -106,7 +107,7 @@ class AnchorPlan:
     num_tokens: int
     tiles: torch.Tensor  # [n_tiles, 6] int32, the anchor step's tiles
     sparse_tiles: torch.Tensor  # [n_sparse_tiles, 6] int32 (the same tensor when the sizes agree)
-    items: torch.Tensor  # [n_items, 7] int32
+    items: torch.Tensor  # [n_items, ITEM_COLS] int32
     segments: torch.Tensor  # [n_segs, 4] int32
     pool_rows: torch.Tensor  # [n_pools] float32, rows present in each pooling block
     tile_pool_next: torch.Tensor  # [n_tiles] int64, pooling block of its tokens past a pool edge
@@ -201,7 +202,11 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
             seg0 = len(segs)
             for lo in range(cfg.sink_tokens, cand_end, segment_tokens):
                 segs.append((item, lo, min(lo + segment_tokens, cand_end), list_off + lo - cfg.sink_tokens))
-            items.append((s, cand_end, list_off, pool0, len(pool_rows) - pool0, seg0, len(segs) - seg0))
+            # the chunk's last tail_tokens queries that fall in this group, scored one by one
+            tail_lo = max(g_lo, seq_len - cfg.tail_tokens)
+            n_tail = max(0, g_hi - tail_lo)
+            items.append((s, cand_end, list_off, pool0, len(pool_rows) - pool0, seg0, len(segs) - seg0,
+                          qsl[s] + tail_lo - start if n_tail else 0, n_tail))
             item_q.append(g_hi - g_lo)
             list_off += n_cand
 
@@ -216,7 +221,7 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
             pool_tiles[p][0] = min(pool_tiles[p][0], t)
             pool_tiles[p][1] += 1
 
-    items_cpu = table(items, 7)
+    items_cpu = table(items, ITEM_COLS)
     to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     tiles_dev = to(table(tiles, 6))
     return AnchorPlan(

@@ -112,7 +112,9 @@ def stripe_step(q, k, anchor_m: torch.Tensor, q_start: int, scale: float,
     Queries are averaged in absolute-aligned pooling blocks (only the rows present in the
     chunk), the anchors likewise; candidate column ``j`` of group ``g`` is kept when, for some
     pooled block (and with ``share_gqa`` some query head of the KV head),
-    ``mean(q) . k_j * scale >= mean(anchor) - theta``.
+    ``mean(q) . k_j * scale >= mean(anchor) - theta``, or when one of the chunk's last
+    ``tail_tokens`` queries in the group passes the same test on its own,
+    ``q_i . k_j * scale >= anchor_i - theta``.
 
     Returns ``{g: bool [Hsel, S]}`` with ``Hsel = Hkv`` when sharing, else ``H``.
     """
@@ -132,6 +134,10 @@ def stripe_step(q, k, anchor_m: torch.Tensor, q_start: int, scale: float,
             a_bar = anchor_m[lo:hi].float().mean(0)  # [H]
             s_bar = torch.einsum("hd,shd->hs", q_bar, _expand_kv(k.float(), num_heads)) * scale
             hit |= s_bar >= (a_bar - cfg.theta)[:, None]
+        for i in range(max(g_lo, q_start + num_q - cfg.tail_tokens), g_hi):
+            r = i - q_start
+            s_i = torch.einsum("hd,shd->hs", q[r].float(), _expand_kv(k.float(), num_heads)) * scale
+            hit |= s_i >= (anchor_m[r].float() - cfg.theta)[:, None]
         hit &= cand
         if cfg.share_gqa:
             hit = hit.view(num_kv_heads, rep, seq_len).any(1)

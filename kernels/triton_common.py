@@ -14,9 +14,10 @@ LOG2E = 1.4426950408889634
 TILE_SEQ, TILE_ROW0, TILE_POS0, TILE_NROWS, TILE_ITEM, TILE_POOL = (
     tl.constexpr(getattr(_plan, n)) for n in ("TILE_SEQ", "TILE_ROW0", "TILE_POS0", "TILE_NROWS", "TILE_ITEM",
                                               "TILE_POOL"))
-ITEM_SEQ, ITEM_LIST_OFF, ITEM_POOL0, ITEM_NPOOL, ITEM_SEG0, ITEM_NSEG = (
+ITEM_SEQ, ITEM_LIST_OFF, ITEM_POOL0, ITEM_NPOOL, ITEM_SEG0, ITEM_NSEG, ITEM_TAIL_ROW0, ITEM_NTAIL, ITEM_COLS = (
     tl.constexpr(getattr(_plan, n)) for n in ("ITEM_SEQ", "ITEM_LIST_OFF", "ITEM_POOL0", "ITEM_NPOOL",
-                                              "ITEM_SEG0", "ITEM_NSEG"))
+                                              "ITEM_SEG0", "ITEM_NSEG", "ITEM_TAIL_ROW0", "ITEM_NTAIL",
+                                              "ITEM_COLS"))
 SEG_ITEM, SEG_LO, SEG_HI, SEG_OFF = (
     tl.constexpr(getattr(_plan, n)) for n in ("SEG_ITEM", "SEG_LO", "SEG_HI", "SEG_OFF"))
 

@@ -10,7 +10,7 @@ partial chunk needs bounds checks.
 import triton
 import triton.language as tl
 
-from .triton_common import (ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, load_kv_rows,
+from .triton_common import (ITEM_COLS, ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, load_kv_rows,
                             online_softmax_update, packed_rows)
 
 
@@ -68,7 +68,7 @@ def sparse_kernel(
     nrows = tl.load(TILES + tile * 6 + TILE_NROWS)
     item = tl.load(TILES + tile * 6 + TILE_ITEM)
     hs = hbase // SEL_DIV
-    slot_ptr = SLOTS + hs.to(tl.int64) * stride_list_head + tl.load(ITEMS + item * 7 + ITEM_LIST_OFF)
+    slot_ptr = SLOTS + hs.to(tl.int64) * stride_list_head + tl.load(ITEMS + item * ITEM_COLS + ITEM_LIST_OFF)
     count = tl.load(COUNTS + item * NUM_SEL + hs)
 
     tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, ROWS, HEADS)

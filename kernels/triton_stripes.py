@@ -9,7 +9,10 @@ Scan: one program per (candidate segment, selector head). It loads the group's p
 (``pools x query heads`` rows; with shared GQA lists all query heads of the KV head) and their
 pooled anchors, scores every key of its segment, keeps column ``j`` when any row has
 ``qbar . k_j * scale >= abar - theta`` (log2 units) and appends the kept positions, in order,
-to the segment's slice of a scratch list (compaction by prefix sum inside the tile).
+to the segment's slice of a scratch list (compaction by prefix sum inside the tile). Where the
+group holds some of the chunk's last ``tail_tokens`` queries, those are also scored one by one
+against their own anchors (the same test, unpooled), in passes of as many rows as the pools
+take, and their hits join the same columns before the compaction.
 
 Pack: one program per (group item, selector head) concatenates its segments' runs into the
 item's final list and writes the count. Capacity per item = its candidate count, so memory is
@@ -18,8 +21,9 @@ bounded by the candidates, never by ``N^2``.
 import triton
 import triton.language as tl
 
-from .triton_common import (ITEM_LIST_OFF, ITEM_NPOOL, ITEM_NSEG, ITEM_POOL0, ITEM_SEG0, ITEM_SEQ,
-                            SEG_HI, SEG_ITEM, SEG_LO, SEG_OFF, TILE_POOL, paged_row_offsets)
+from .triton_common import (ITEM_COLS, ITEM_LIST_OFF, ITEM_NPOOL, ITEM_NSEG, ITEM_NTAIL, ITEM_POOL0, ITEM_SEG0,
+                            ITEM_SEQ, ITEM_TAIL_ROW0, SEG_HI, SEG_ITEM, SEG_LO, SEG_OFF, TILE_POOL,
+                            paged_row_offsets)
 
 
 @triton.jit
@@ -59,6 +63,7 @@ def pool_queries_kernel(QSUM, MSUM, POOL_TILES, TILES, TILE_POOL_NEXT, POOL_ROWS
 @triton.jit
 def stripe_scan_kernel(
     QBAR, ABAR,                       # [n_pools, H, BLOCK_D] fp32, [n_pools, H] fp32 (log2)
+    Q, stride_q_tok, stride_q_head, M,  # the chunk's queries and anchors [T, H] (log2), for the tail
     KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
     BT, stride_bt,
     ITEMS, SEGS,
@@ -74,9 +79,11 @@ def stripe_scan_kernel(
     lo = tl.load(SEGS + seg * 4 + SEG_LO)
     hi = tl.load(SEGS + seg * 4 + SEG_HI)
     out_off = tl.load(SEGS + seg * 4 + SEG_OFF)
-    seq = tl.load(ITEMS + item * 7 + ITEM_SEQ)
-    pool0 = tl.load(ITEMS + item * 7 + ITEM_POOL0)
-    npool = tl.load(ITEMS + item * 7 + ITEM_NPOOL)
+    seq = tl.load(ITEMS + item * ITEM_COLS + ITEM_SEQ)
+    pool0 = tl.load(ITEMS + item * ITEM_COLS + ITEM_POOL0)
+    npool = tl.load(ITEMS + item * ITEM_COLS + ITEM_NPOOL)
+    tail_row0 = tl.load(ITEMS + item * ITEM_COLS + ITEM_TAIL_ROW0)
+    ntail = tl.load(ITEMS + item * ITEM_COLS + ITEM_NTAIL)
 
     r = tl.arange(0, ROWS)
     pool = r // SEL_HEADS_PAD
@@ -101,8 +108,19 @@ def stripe_scan_kernel(
         k = tl.load(KV + offs[:, None] + d[None, :], mask=valid[:, None] & (d[None, :] < HEAD_DIM),
                     other=0.0)
         s = tl.dot(qbar, tl.trans(k)) * qk_scale
-        hit = (s >= thr[:, None]).to(tl.int32)
-        keep = (tl.max(hit, 0) > 0) & valid
+        hit = tl.max((s >= thr[:, None]).to(tl.int32), 0)
+        # the tail's queries, ROWS // SEL_HEADS_PAD tokens x query heads per pass
+        for t0 in range(0, ntail, ROWS // SEL_HEADS_PAD):
+            tok = t0 + r // SEL_HEADS_PAD
+            t_ok = (tok < ntail) & (r % SEL_HEADS_PAD < SEL_HEADS)
+            row = (tail_row0 + tok).to(tl.int64)
+            qt = tl.load(Q + row[:, None] * stride_q_tok + qh[:, None] * stride_q_head + d[None, :],
+                         mask=t_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
+            t_thr = tl.where(t_ok, tl.load(M + row * NUM_HEADS + qh, mask=t_ok, other=0.0) - theta_log2,
+                             float("inf"))
+            st = tl.dot(qt.to(KV.dtype.element_ty), tl.trans(k)) * qk_scale
+            hit = tl.maximum(hit, tl.max((st >= t_thr[:, None]).to(tl.int32), 0))
+        keep = (hit > 0) & valid
         keep_i = keep.to(tl.int32)
         slot = tl.cumsum(keep_i, 0) - keep_i
         tl.store(dst + count + slot, j, mask=keep)
@@ -117,10 +135,10 @@ def stripe_pack_kernel(ITEMS, SEGS, SCRATCH, LISTS, SLOTS, stride_list_head, SEG
     (``page * PAGE + pos % PAGE``) so the sparse step gathers without a page-table lookup."""
     item = tl.program_id(0)
     hs = tl.program_id(1)
-    bt_row = BT + tl.load(ITEMS + item * 7 + ITEM_SEQ).to(tl.int64) * stride_bt
-    list_off = tl.load(ITEMS + item * 7 + ITEM_LIST_OFF)
-    seg0 = tl.load(ITEMS + item * 7 + ITEM_SEG0)
-    nseg = tl.load(ITEMS + item * 7 + ITEM_NSEG)
+    bt_row = BT + tl.load(ITEMS + item * ITEM_COLS + ITEM_SEQ).to(tl.int64) * stride_bt
+    list_off = tl.load(ITEMS + item * ITEM_COLS + ITEM_LIST_OFF)
+    seg0 = tl.load(ITEMS + item * ITEM_COLS + ITEM_SEG0)
+    nseg = tl.load(ITEMS + item * ITEM_COLS + ITEM_NSEG)
     src_base = SCRATCH + hs.to(tl.int64) * stride_list_head
     dst = LISTS + hs.to(tl.int64) * stride_list_head + list_off
     dst_slot = SLOTS + hs.to(tl.int64) * stride_list_head + list_off

@@ -14,7 +14,8 @@ from vllm_anchor.kernels.api import (_Call, pooled_queries, run_anchor_step, run
 
 INF = float("inf")
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
-SMALL = dict(sink_tokens=8, local_tokens=8, group_size=64, pool_block=16)
+# tail_tokens 20: the scored-one-by-one tail spans two pooling blocks, and a group edge in some chunks
+SMALL = dict(sink_tokens=8, local_tokens=8, group_size=64, pool_block=16, tail_tokens=20)
 
 
 def small_cfg(**kw) -> AnchorConfig:
@@ -222,7 +223,8 @@ def test_end_to_end_matches_reference_with_partial_selection():
 
 
 def test_chunked_prefill_equals_unsplit_when_chunks_align_to_groups():
-    cfg = small_cfg(theta=2.0)
+    # without the tail, which is cut at each chunk's end (test_tail_... below) by design
+    cfg = small_cfg(theta=2.0, tail_tokens=0)
     whole = make_case([(0, 256)], 6, 2, 16, seed=10, strong_frac=0.25, strong_gain=1.6)
     out_whole, _ = run(whole, cfg)
     # The same sequence prefilled as chunks [0,128) then [128,256): the second chunk reads the
@@ -353,3 +355,69 @@ def test_lazy_rescale_is_a_pure_speed_option():
     assert_close_per_sequence(case, outs[8.0],
                               lambda q, k, v, p: R.anchor_attention(q, k, v, p, case.scale, cfg)[0],
                               TOL[torch.float32])
+
+
+def _lists(ws, plan, item):
+    off = int(plan.items_cpu[item, 2])
+    return [ws.lists[h, off:off + int(ws.counts[item, h])].tolist() for h in range(ws.counts.shape[1])]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_tail_queries_keep_the_column_only_they_want(share):
+    """A far-back key that only the chunk's last query wants (a needle): the pooled mean of its
+    block misses it, scoring the tail one by one keeps it, and the kernels agree with the
+    reference either way. The other rows of the last pool point away from the needle."""
+    case = make_case([(0, 200)], 6, 2, 16, seed=13)
+    needle, last = 40, case.q.shape[0] - 1  # a candidate of the last group ([8, 184))
+    page = case.kv_cache.shape[2]
+    kv_page = case.block_table[0, needle // page].long()
+    for kvh in range(2):
+        u = case.q[last, 3 * kvh].float()
+        u = u / u.norm()
+        # the last query of head 3*kvh scores the needle far above everything else ...
+        case.kv_cache[kv_page, kvh, needle % page, :16] = 6.0 * u * 16 ** 0.5
+        # ... while the rest of its pooling block [192, 200) points away from it
+        for r in range(192, last):
+            for h in range(3 * kvh, 3 * kvh + 3):
+                qr = case.q[r, h].float()
+                case.q[r, h] = qr - (qr @ u) * u - 3.0 * u
+    found = {}
+    for tail in (0, 1):
+        cfg = small_cfg(theta=2.0, tail_tokens=tail, share_gqa=share)
+        plan, call, ws = _steps(case, cfg)
+        run_stripe_step(call, ws)
+        k, _ = case.seq_kv(0)
+        m_nats = ws.m / math.log2(math.e)
+        ref = R.stripe_step(case.q.float(), k, m_nats, 0, case.scale, cfg)
+        got = _lists(ws, plan, plan.num_items - 1)
+        want = [m.nonzero().flatten().tolist() for m in ref[3]]
+        assert got == want
+        needle_heads = [0, 1] if share else [0, 3]  # the selector heads of query heads 0 and 3
+        found[tail] = [needle in got[h] for h in needle_heads]
+    assert found == {0: [False, False], 1: [True, True]}
+
+
+def test_tail_is_cut_at_each_chunk_end():
+    """Only the last ``tail_tokens`` queries of each chunk are scored one by one: splitting a
+    prefill adds tail columns at the split, and lists of groups far from every chunk end are
+    unchanged."""
+    cfg = small_cfg(theta=2.0, tail_tokens=8)
+    whole = make_case([(0, 256)], 6, 2, 16, seed=10, strong_frac=0.25, strong_gain=1.6)
+    split = make_case([(0, 160), (160, 96)], 6, 2, 16, seed=10)
+    split.kv_cache, split.q = whole.kv_cache, whole.q
+    split.block_table = torch.stack([whole.block_table[0], whole.block_table[0]])
+    lists = {}
+    for name, case in (("whole", whole), ("split", split)):
+        plan, call, ws = _steps(case, cfg)
+        run_stripe_step(call, ws)
+        items = plan.items_cpu.tolist()
+        lists[name] = {(seq, cand_end, int(plan.item_queries_cpu[i])): _lists(ws, plan, i)
+                       for i, (seq, cand_end, *_r) in enumerate(items)}
+        tails = [(it[7], it[8]) for it in items if it[8]]
+        assert tails == ([(248, 8)] if name == "whole" else [(152, 8), (248, 8)])
+    whole_l, split_l = lists["whole"], lists["split"]
+    # groups 0 and 1 hold no chunk end: the same lists
+    for key in [(0, 8, 64), (0, 56, 64)]:
+        assert split_l[key] == whole_l[key]
+    # group 2 [128, 192) is cut at 160: the first chunk's part [128, 160) has a tail of its own
+    assert (0, 120, 32) in split_l and (1, 120, 32) in split_l
