@@ -149,7 +149,9 @@ def test_gemma_calibrate_reports_sliding_layers_and_anchored_recall(gemma_dir, t
         assert [x["layer"] for x in layer_rows] == GLOBAL
         for x in layer_rows:
             assert x["scale"] == pytest.approx(SCALE)
-            assert 0.0 <= x["recall_p5"] <= x["recall_mean"] + 1e-6 <= 1.0 + 1e-6
+            # (p5 may exceed the mean: a few very low rows pull the mean below it)
+            assert 0.0 <= x["recall_min"] <= min(x["recall_p5"], x["recall_mean"]) + 1e-6
+            assert max(x["recall_p5"], x["recall_mean"]) <= 1.0 + 1e-6
             assert 0.0 <= x["stripe_density"] <= 1.0
             assert len(x["per_query_head"]["recall_mean"]) == 4
             assert len(x["per_kv_head"]["recall_mean"]) == 1  # GQA 4:1
