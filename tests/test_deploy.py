@@ -334,12 +334,33 @@ def test_helm_values_properties():
     assert values["servingEngineSpec"]["securityContext"]["runAsNonRoot"] is True
 
 
-def _anchor_config_fields() -> set[str]:
+def _anchor_config_class():
     spec = importlib.util.spec_from_file_location("_anchor_config", ROOT / "kernels" / "config.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses looks the module up while building the class
     spec.loader.exec_module(mod)
-    return set(mod.AnchorConfig.field_names())
+    return mod.AnchorConfig
+
+
+def _anchor_config_fields() -> set[str]:
+    return set(_anchor_config_class().field_names())
+
+
+def test_deploy_shows_every_kernel_setting_with_its_default():
+    """compose.yaml and the base ConfigMap say "defaults shown": they must list every
+    AnchorConfig field with the value the package actually uses."""
+    defaults = _anchor_config_class()()
+
+    def same(key: str, text: str) -> bool:
+        want = getattr(defaults, key)
+        return (text.lower() == str(want).lower()) if isinstance(want, bool) else type(want)(text) == want
+
+    compose = dict(re.findall(r"VLLM_ANCHOR_(\w+): \$\{VLLM_ANCHOR_\w+:-([^}]*)\}", (DEPLOY / "compose.yaml").read_text()))
+    configmap = dict(re.findall(r'VLLM_ANCHOR_(\w+): "([^"]*)"', (K8S / "base" / "configmap.yaml").read_text()))
+    for name, shown in (("compose.yaml", compose), ("configmap.yaml", configmap)):
+        assert {k.lower() for k in shown} == _anchor_config_fields(), name
+        wrong = {k: v for k, v in shown.items() if not same(k.lower(), v)}
+        assert not wrong, f"{name}: values differ from AnchorConfig's defaults: {wrong}"
 
 
 def test_anchor_env_vars_match_config_fields():
