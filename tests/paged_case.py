@@ -82,3 +82,28 @@ def assert_close_per_sequence(case: PagedCase, out: torch.Tensor, ref_fn, tol: f
         got = out[case.query_start_loc[s]:case.query_start_loc[s + 1]]
         err = relative_error(got, ref)
         assert err < tol, f"sequence {s} (start {case.q_start(s)}, {q.shape[0]} queries): rel err {err:.2e}"
+
+
+def plant_needle(case: PagedCase, seq: int, needle: int, others_lo: int, gain: float = 6.0) -> int:
+    """A far-back key that only the chunk's last query wants, for the tail tests.
+
+    For every KV head, the key at position ``needle`` of sequence ``seq`` points along the last
+    query of its first query head (scoring ``gain * |q|`` there, far above the rest), and the
+    queries ``[others_lo, last)`` (absolute; pass the start of the last group) get a strong negative
+    component along it, so every pooled mean query of the group scores the needle far below its
+    mean anchor. Returns the last query's row in ``case.q``.
+    """
+    num_heads, num_kv_heads, head_dim = case.dims
+    rep = num_heads // num_kv_heads
+    q_start, last = case.q_start(seq), case.query_start_loc[seq + 1] - 1
+    page = case.kv_cache.shape[2]
+    kv_page = case.block_table[seq, needle // page].long()
+    for kvh in range(num_kv_heads):
+        u = case.q[last, rep * kvh].float()
+        u = u / u.norm()
+        case.kv_cache[kv_page, kvh, needle % page, :head_dim] = (gain * head_dim ** 0.5 * u).to(case.kv_cache.dtype)
+        for r in range(case.query_start_loc[seq] + others_lo - q_start, last):
+            for h in range(rep * kvh, rep * (kvh + 1)):
+                qr = case.q[r, h].float()
+                case.q[r, h] = (qr - (qr @ u) * u - 3.0 * u).to(case.q.dtype)
+    return last

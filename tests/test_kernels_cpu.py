@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from paged_case import assert_close_per_sequence, make_case
+from paged_case import assert_close_per_sequence, make_case, plant_needle
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
 from vllm_anchor.kernels.api import (_Call, pooled_queries, run_anchor_step, run_sparse_step, run_stripe_step,
@@ -368,19 +368,8 @@ def test_tail_queries_keep_the_column_only_they_want(share):
     block misses it, scoring the tail one by one keeps it, and the kernels agree with the
     reference either way. The other rows of the last pool point away from the needle."""
     case = make_case([(0, 200)], 6, 2, 16, seed=13)
-    needle, last = 40, case.q.shape[0] - 1  # a candidate of the last group ([8, 184))
-    page = case.kv_cache.shape[2]
-    kv_page = case.block_table[0, needle // page].long()
-    for kvh in range(2):
-        u = case.q[last, 3 * kvh].float()
-        u = u / u.norm()
-        # the last query of head 3*kvh scores the needle far above everything else ...
-        case.kv_cache[kv_page, kvh, needle % page, :16] = 6.0 * u * 16 ** 0.5
-        # ... while the rest of its pooling block [192, 200) points away from it
-        for r in range(192, last):
-            for h in range(3 * kvh, 3 * kvh + 3):
-                qr = case.q[r, h].float()
-                case.q[r, h] = qr - (qr @ u) * u - 3.0 * u
+    needle = 40  # a candidate of the last group [192, 200): [8, 184)
+    plant_needle(case, 0, needle, others_lo=192)
     found = {}
     for tail in (0, 1):
         cfg = small_cfg(theta=2.0, tail_tokens=tail, share_gqa=share)

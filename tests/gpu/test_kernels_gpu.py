@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paged_case import assert_close_per_sequence, make_case
+from paged_case import assert_close_per_sequence, make_case, plant_needle
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
-from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, set_stripe_lists
+from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step, set_stripe_lists
 
 pytestmark = pytest.mark.gpu
 INF = float("inf")
@@ -122,3 +122,25 @@ def test_odd_gqa_ratios_partial_selection_match_reference(heads):
     out = _run(case, cfg)
     assert_close_per_sequence(case, out, lambda q, k, v, p: R.anchor_attention(q, k, v, p, case.scale, cfg)[0],
                               TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_tail_keeps_the_needle_only_the_last_query_wants(dtype, head_dim):
+    """tests/test_kernels_cpu.py's needle at serving sizes and dtypes, default theta: pooled
+    scoring drops it, the default tail keeps it (for every KV head's list)."""
+    case = make_case([(0, 1500)], 9, 3, head_dim, dtype=dtype, device="cuda", seed=head_dim)
+    needle = 300  # a candidate of the last group [1024, 1500): [64, 896)
+    plant_needle(case, 0, needle, others_lo=1024)
+    found = {}
+    for tail in (0, 64):
+        cfg = AnchorConfig(tail_tokens=tail, **CFG)
+        plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cuda")
+        call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
+        ws = new_workspace(call)
+        run_anchor_step(call, ws)
+        run_stripe_step(call, ws)
+        item = plan.num_items - 1
+        off = int(plan.items_cpu[item, 2])
+        found[tail] = [needle in ws.lists[h, off:off + int(ws.counts[item, h])].tolist() for h in range(3)]
+    assert found == {0: [False] * 3, 64: [True] * 3}
