@@ -24,7 +24,7 @@ from .config import AnchorConfig
 # Column layouts of the packed int32 work tables.
 TILE_SEQ, TILE_ROW0, TILE_POS0, TILE_NROWS, TILE_ITEM, TILE_POOL = range(6)
 ITEM_SEQ, ITEM_CAND_END, ITEM_LIST_OFF, ITEM_POOL0, ITEM_NPOOL, ITEM_SEG0, ITEM_NSEG, ITEM_TAIL_ROW0, ITEM_NTAIL = range(9)
-ITEM_COLS = 9
+ITEM_COLS = ITEM_NTAIL + 1
 SEG_ITEM, SEG_LO, SEG_HI, SEG_OFF = range(4)
 
 

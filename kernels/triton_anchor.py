@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import (TILE_NROWS, TILE_POS0, TILE_ROW0, TILE_SEQ, rescale_state, load_kv_rows,
-                            online_softmax_update, packed_rows, paged_row_offsets)
+                            load_q_rows, online_softmax_update, packed_rows, paged_row_offsets)
 
 
 @triton.jit
@@ -119,8 +119,7 @@ def anchor_kernel(
     tok, head, row_ok, rows = packed_rows(row0, nrows, hbase, ROWS, HEADS)
     d = tl.arange(0, BLOCK_D)
     pos_i = pos0 + tok
-    q = tl.load(Q + rows[:, None] * stride_q_tok + head[:, None] * stride_q_head + d[None, :],
-                mask=row_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
+    q = load_q_rows(Q, rows, head, row_ok, d, stride_q_tok, stride_q_head, HEAD_DIM)
 
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
     m_max = tl.full([ROWS], float("-inf"), tl.float32)

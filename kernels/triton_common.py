@@ -61,6 +61,14 @@ def load_kv_rows(KV, offs, valid, d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constex
 
 
 @triton.jit
+def load_q_rows(Q, rows, heads, ok, d, stride_q_tok, stride_q_head, HEAD_DIM: tl.constexpr):
+    """``[len(rows), BLOCK_D]`` query rows ``(rows[r], heads[r])``; rows with ``ok`` false and the
+    padding past ``HEAD_DIM`` read 0."""
+    return tl.load(Q + rows[:, None] * stride_q_tok + heads[:, None] * stride_q_head + d[None, :],
+                   mask=ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
+
+
+@triton.jit
 def rescale_state(acc, m_i, l_i, m_blk):
     """Move the state's stabilizer to ``max(m_i, m_blk)``. Rows that have seen no key yet keep
     ``m = -inf`` with ``acc = l = 0`` (the guard keeps them from turning into NaN)."""

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import (ITEM_COLS, ITEM_LIST_OFF, TILE_ITEM, TILE_NROWS, TILE_ROW0, load_kv_rows,
-                            online_softmax_update, packed_rows)
+                            load_q_rows, online_softmax_update, packed_rows)
 
 
 @triton.jit
@@ -77,8 +77,7 @@ def sparse_kernel(
     m_i = tl.load(M_IN + ml, mask=row_ok, other=0.0)
     l_i = tl.load(L_IN + ml, mask=row_ok, other=1.0)
     acc = tl.load(ACC_IN + ml[:, None] * BLOCK_D + d[None, :], mask=row_ok[:, None], other=0.0)
-    q = tl.load(Q + rows[:, None] * stride_q_tok + head[:, None] * stride_q_head + d[None, :],
-                mask=row_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
+    q = load_q_rows(Q, rows, head, row_ok, d, stride_q_tok, stride_q_head, HEAD_DIM)
 
     head_off = (hbase // KV_REP) * stride_kv_head
     full = count // BLOCK_N * BLOCK_N

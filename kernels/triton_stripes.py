@@ -23,7 +23,7 @@ import triton.language as tl
 
 from .triton_common import (ITEM_COLS, ITEM_LIST_OFF, ITEM_NPOOL, ITEM_NSEG, ITEM_NTAIL, ITEM_POOL0, ITEM_SEG0,
                             ITEM_SEQ, ITEM_TAIL_ROW0, SEG_HI, SEG_ITEM, SEG_LO, SEG_OFF, TILE_POOL,
-                            paged_row_offsets)
+                            load_q_rows, paged_row_offsets)
 
 
 @triton.jit
@@ -114,8 +114,7 @@ def stripe_scan_kernel(
             tok = t0 + r // SEL_HEADS_PAD
             t_ok = (tok < ntail) & (r % SEL_HEADS_PAD < SEL_HEADS)
             row = (tail_row0 + tok).to(tl.int64)
-            qt = tl.load(Q + row[:, None] * stride_q_tok + qh[:, None] * stride_q_head + d[None, :],
-                         mask=t_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
+            qt = load_q_rows(Q, row, qh, t_ok, d, stride_q_tok, stride_q_head, HEAD_DIM)
             t_thr = tl.where(t_ok, tl.load(M + row * NUM_HEADS + qh, mask=t_ok, other=0.0) - theta_log2,
                              float("inf"))
             st = tl.dot(qt.to(KV.dtype.element_ty), tl.trans(k)) * qk_scale

@@ -107,3 +107,9 @@ def plant_needle(case: PagedCase, seq: int, needle: int, others_lo: int, gain: f
                 qr = case.q[r, h].float()
                 case.q[r, h] = (qr - (qr @ u) * u - 3.0 * u).to(case.q.dtype)
     return last
+
+
+def stripe_lists(ws, plan, item: int) -> list[list[int]]:
+    """The compacted stripe list (key positions) of ``item`` for every selector head."""
+    off = int(plan.items_cpu[item, 2])
+    return [ws.lists[h, off:off + int(ws.counts[item, h])].tolist() for h in range(ws.counts.shape[1])]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from paged_case import assert_close_per_sequence, make_case, plant_needle
+from paged_case import assert_close_per_sequence, make_case, plant_needle, stripe_lists
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
 from vllm_anchor.kernels.api import (_Call, pooled_queries, run_anchor_step, run_sparse_step, run_stripe_step,
@@ -357,11 +357,6 @@ def test_lazy_rescale_is_a_pure_speed_option():
                               TOL[torch.float32])
 
 
-def _lists(ws, plan, item):
-    off = int(plan.items_cpu[item, 2])
-    return [ws.lists[h, off:off + int(ws.counts[item, h])].tolist() for h in range(ws.counts.shape[1])]
-
-
 @pytest.mark.parametrize("share", [True, False])
 def test_tail_queries_keep_the_column_only_they_want(share):
     """A far-back key that only the chunk's last query wants (a needle): the pooled mean of its
@@ -378,7 +373,7 @@ def test_tail_queries_keep_the_column_only_they_want(share):
         k, _ = case.seq_kv(0)
         m_nats = ws.m / math.log2(math.e)
         ref = R.stripe_step(case.q.float(), k, m_nats, 0, case.scale, cfg)
-        got = _lists(ws, plan, plan.num_items - 1)
+        got = stripe_lists(ws, plan, plan.num_items - 1)
         want = [m.nonzero().flatten().tolist() for m in ref[3]]
         assert got == want
         needle_heads = [0, 1] if share else [0, 3]  # the selector heads of query heads 0 and 3
@@ -400,7 +395,7 @@ def test_tail_is_cut_at_each_chunk_end():
         plan, call, ws = _steps(case, cfg)
         run_stripe_step(call, ws)
         items = plan.items_cpu.tolist()
-        lists[name] = {(seq, cand_end, int(plan.item_queries_cpu[i])): _lists(ws, plan, i)
+        lists[name] = {(seq, cand_end, int(plan.item_queries_cpu[i])): stripe_lists(ws, plan, i)
                        for i, (seq, cand_end, *_r) in enumerate(items)}
         tails = [(it[7], it[8]) for it in items if it[8]]
         assert tails == ([(248, 8)] if name == "whole" else [(152, 8), (248, 8)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paged_case import assert_close_per_sequence, make_case, plant_needle
+from paged_case import assert_close_per_sequence, make_case, plant_needle, stripe_lists
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
 from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step, set_stripe_lists
@@ -140,7 +140,5 @@ def test_tail_keeps_the_needle_only_the_last_query_wants(dtype, head_dim):
         ws = new_workspace(call)
         run_anchor_step(call, ws)
         run_stripe_step(call, ws)
-        item = plan.num_items - 1
-        off = int(plan.items_cpu[item, 2])
-        found[tail] = [needle in ws.lists[h, off:off + int(ws.counts[item, h])].tolist() for h in range(3)]
+        found[tail] = [needle in lst for lst in stripe_lists(ws, plan, plan.num_items - 1)]
     assert found == {0: [False] * 3, 64: [True] * 3}
