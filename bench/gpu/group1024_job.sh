@@ -13,16 +13,11 @@ source bench/gpu/setup.sh
 cd /tmp
 job_results group1024_$PART group1024_$PART
 echo "== $GPU_NAME, part $PART"; date
-case "$PART" in
-Q) COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 6G --served-model-name smollm2) ;;
-T) COMMON=(--hf-overrides "$YARN16" --max-model-len 131072 --kv-cache-memory-bytes 12G --served-model-name smollm2) ;;
-esac
+if [ "$PART" = Q ]; then smollm2_common 32k; else smollm2_common 128k; fi
 serve_anchor 8001 '{"group_size": 1024}'; P1=$!
 serve_fa 8002; P2=$!
 serve_anchor 8004 '{"group_size": 1024, "theta": 10}'; P4=$!
-ok=1
-for pp in "8001 $P1" "8002 $P2" "8004 $P4"; do wait_healthy $pp 300 || ok=0; done
-[ $ok = 1 ] || { tail -30 $R/server_*.log; stop_servers $P1 $P2 $P4; exit 1; }
+servers_up 300 8001:$P1 8002:$P2 8004:$P4
 lap "servers up"
 for run in "8001 g1024" "8004 g1024_theta10"; do
   set -- $run

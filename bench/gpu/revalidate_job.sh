@@ -34,23 +34,16 @@ if [ "$PART" = K ]; then
   exit 0
 fi
 
-if [ "$PART" = S ]; then
-  COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 6G --served-model-name smollm2)
-else
-  COMMON=(--hf-overrides "$YARN16" --max-model-len 131072 --kv-cache-memory-bytes 12G --served-model-name smollm2)
-fi
+if [ "$PART" = S ]; then smollm2_common 32k; else smollm2_common 128k; fi
 serve_anchor 8001 '{}'; P1=$!
 serve_fa 8002; P2=$!
-PIDS=($P1 $P2)
+UP=(8001:$P1 8002:$P2)
 if [ "$PART" = S ]; then
   VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8003 '{"theta": "inf", "min_seq_len": 4096, "density_guard": 1.0}' \
-    --no-enable-prefix-caching; PIDS+=($!)
+    --no-enable-prefix-caching; UP+=(8003:$!)
 fi
-ok=1
-wait_healthy 8001 $P1 360 || ok=0
-wait_healthy 8002 $P2 200 || ok=0
-[ "$PART" = S ] && { wait_healthy 8003 ${PIDS[2]} 200 || ok=0; }
-[ $ok = 1 ] || { tail -30 $R/server_*.log; stop_servers "${PIDS[@]}"; exit 1; }
+PIDS=("${UP[@]#*:}")
+servers_up 360 "${UP[@]}"
 lap "servers up"
 
 if [ "$PART" = S ]; then

@@ -38,6 +38,25 @@ wait_healthy() {
   echo "server on port $port not healthy after $limit s"; return 1
 }
 
+# servers_up LIMIT PORT:PID...: wait_healthy for each server in turn; if one does not come up,
+# print the servers' log tails, stop them all and end the job.
+servers_up() {
+  local limit=$1 pp ok=1 pids=(); shift
+  for pp in "$@"; do pids+=("${pp#*:}"); done
+  for pp in "$@"; do wait_healthy "${pp%%:*}" "${pp#*:}" "$limit" || ok=0; done
+  [ $ok = 1 ] || { tail -30 $R/server_*.log; stop_servers "${pids[@]}"; exit 1; }
+}
+
+# smollm2_common 32k|128k: COMMON for SmolLM2 servers at YaRN x4 (32768 tokens, 6 GiB of KV cache
+# each, room for four side by side) or YaRN x16 (131072 tokens, 12 GiB each).
+smollm2_common() {
+  case "$1" in
+  32k) COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 6G --served-model-name smollm2) ;;
+  128k) COMMON=(--hf-overrides "$YARN16" --max-model-len 131072 --kv-cache-memory-bytes 12G --served-model-name smollm2) ;;
+  *) echo "smollm2_common: 32k or 128k, got '$1'" >&2; return 2 ;;
+  esac
+}
+
 # stop_servers PID...: SIGINT, then SIGKILL what is left (vLLM's engine core is a child).
 stop_servers() {
   for p in "$@"; do pkill -INT -P "$p" 2>/dev/null; kill -INT "$p" 2>/dev/null; done

@@ -21,17 +21,11 @@ echo "== $GPU_NAME, part $PART"; date
 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" -k "partial_selection or tail" 2>&1 \
   | tee "$R/gpu_tests.log" | tail -2
 lap "gpu tests"
-if [ "$PART" = Q ]; then
-  COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 6G --served-model-name smollm2)
-else
-  COMMON=(--hf-overrides "$YARN16" --max-model-len 131072 --kv-cache-memory-bytes 12G --served-model-name smollm2)
-fi
+if [ "$PART" = Q ]; then smollm2_common 32k; else smollm2_common 128k; fi
 serve_anchor 8001 '{"tail_tokens": 64}'; P1=$!
 serve_fa 8002; P2=$!
 serve_anchor 8004 '{"tail_tokens": 0}'; P4=$!
-ok=1
-for pp in "8001 $P1" "8002 $P2" "8004 $P4"; do wait_healthy $pp 300 || ok=0; done
-[ $ok = 1 ] || { tail -30 $R/server_*.log; stop_servers $P1 $P2 $P4; exit 1; }
+servers_up 300 8001:$P1 8002:$P2 8004:$P4
 lap "servers up"
 for run in "8001 tail64" "8004 tail0"; do
   set -- $run
