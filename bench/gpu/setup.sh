@@ -69,7 +69,7 @@ stop_servers() {
 # serve_anchor PORT ANCHOR_JSON [vLLM options...]: `vllm-anchor serve` with its own stats folder.
 serve_anchor() {
   local port=$1 cfg=$2; shift 2
-  mkdir -p /tmp/stats-$port
+  rm -rf /tmp/stats-$port; mkdir -p /tmp/stats-$port  # a fresh folder: an earlier job's files would be summed in
   VLLM_ANCHOR_STATS_DIR=/tmp/stats-$port vllm-anchor serve "$SMOLLM2" --port $port \
     "${COMMON[@]}" --additional-config "{\"anchor\": $cfg}" "$@" > $R/server_$port.log 2>&1 &
 }

@@ -15,6 +15,11 @@
 #      the floor (8004: theta -1000, every chunk anchored, no guard: no stripes at all, so only the
 #      anchor region and the stripe search run; the TTFT no theta can beat); TTFT at 32K and
 #      131000, 8 prompts each, interleaved, each anchor server against stock
+# Ran on an H100 80GB HBM3 at 5bd0d6c (bench/results/trade_h100/). Part A overran its 590 s call:
+# a bare `wait` waited for the servers too (fixed since); its suites had finished, and their files
+# were fetched from the same warm machine with a second call. In part T, ports 8001/8003/8004
+# reused part A's stats folders, so those /metrics files sum both parts (serve_anchor now starts
+# each server with an empty folder).
 # Usage on the GPU host: [CAND=JSON] bash bench/gpu/trade_job.sh K|A|T   (results: $OUT/trade_$1.tar.gz)
 PART=${1:-K}
 case "$PART" in K|A|T) ;; *) echo "usage: bash bench/gpu/trade_job.sh K|A|T" >&2; exit 2 ;; esac
@@ -53,13 +58,15 @@ elif [ "$PART" = A ]; then
   serve_anchor 8004 '{"group_size": 1024}'; P4=$!
   servers_up 300 8001:$P1 8002:$P2 8003:$P3 8004:$P4
   lap "servers up"
+  SUITES=()
   for run in "8001 theta10" "8003 g1024_theta10" "8004 g1024"; do
     set -- $run
     timeout 330 python3 "$REPO/bench/longctx_eval.py" --base-url http://127.0.0.1:$1 --compare-url http://127.0.0.1:8002 \
       --labels anchor_$2,stock --tokenizer "$SMOLLM2" --lengths 32000 --samples 15 --concurrency 8 \
       --out $R/longctx_smollm2_$2_tail64_32k_vs_stock.json > $R/suite_$2.log 2>&1 &
+    SUITES+=($!)
   done
-  wait %1 %2 %3 2>/dev/null; wait
+  wait "${SUITES[@]}"  # the suites only: a bare `wait` would also wait for the servers
   for name in theta10 g1024_theta10 g1024; do
     echo "-- $name"; grep -v "^\[longctx\] [0-9]*/" $R/suite_$name.log | grep "overall\|depth 32000@0.5\|niah_single |"
   done
