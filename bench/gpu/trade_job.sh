@@ -15,7 +15,7 @@
 #      the floor (8004: theta -1000, every chunk anchored, no guard: no stripes at all, so only the
 #      anchor region and the stripe search run; the TTFT no theta can beat); TTFT at 32K and
 #      131000, 8 prompts each, interleaved, each anchor server against stock
-# Ran on an H100 80GB HBM3 at 5bd0d6c (bench/results/trade_h100/). Part A overran its 590 s call:
+# Ran on an H100 80GB HBM3 at 3e72d0c (bench/results/trade_h100/). Part A overran its 590 s call:
 # a bare `wait` waited for the servers too (fixed since); its suites had finished, and their files
 # were fetched from the same warm machine with a second call. In part T, ports 8001/8003/8004
 # reused part A's stats folders, so those /metrics files sum both parts (serve_anchor now starts
