@@ -236,13 +236,18 @@ def recall_sampled(q, k, plan, ws, cfg, scale, n, samples_per_item=16, seed=0):
     num_sel = ws.counts.shape[1]
     rec = []
     items = plan.items_cpu.tolist()
+    tail_lo = max(0, n - cfg.tail_tokens)  # one sequence, one chunk: rows are positions
     for it, (seq, cand_end, off, *_r) in enumerate(items):
-        g = (cand_end + cfg.local_tokens) // cfg.group_size if cand_end > cfg.sink_tokens else None
-        lo = (g * cfg.group_size) if g is not None else 0
-        hi = min(n, lo + cfg.group_size) if g is not None else min(n, cfg.group_size)
-        if g is None:  # no candidates: anchor covers everything, recall 1
+        if cand_end <= cfg.sink_tokens:  # no candidates: anchor covers everything, recall 1
             continue
-        qi = torch.randint(lo, hi, (samples_per_item,), generator=gen).cuda()
+        g = (cand_end + cfg.local_tokens) // cfg.group_size
+        lo, hi = g * cfg.group_size, min(n, (g + 1) * cfg.group_size)
+        # a group's rows before the chunk's tail own one list, the tail's rows another
+        lo, hi = (max(lo, tail_lo), hi) if items[it][ITEM_NTAIL] else (lo, min(hi, max(lo, tail_lo)))
+        # samples in proportion to the item's rows (at least one), so a 64-row tail item does
+        # not weigh like a whole group in the mean
+        count = max(1, round(samples_per_item * (hi - lo) / cfg.group_size))
+        qi = torch.randint(lo, hi, (count,), generator=gen).cuda()
         s = torch.einsum("qhd,shd->hqs", q[qi].float(),
                          k[: int(qi.max()) + 1].float().repeat_interleave(h // hkv, 1)) * scale
         j = torch.arange(s.shape[-1], device="cuda")

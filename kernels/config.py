@@ -8,8 +8,9 @@ For a query at absolute position ``i`` in group ``g = i // group_size``:
 * anchor region = sink keys ``[0, sink_tokens)`` plus the local window
   ``[max(sink_tokens, g*group_size - local_tokens), i]``;
 * stripe candidates = the gap between them, ``[sink_tokens, g*group_size - local_tokens)``;
-  a candidate is kept when a pooled block of the group's queries (or, for the chunk's last
-  ``tail_tokens`` queries, the query itself) scores it within ``theta`` of its anchor.
+  a candidate is kept when a pooled block of the group's queries scores it within ``theta`` of
+  its anchor. The chunk's last ``tail_tokens`` queries also keep, for themselves only, the
+  candidates that they score within ``theta`` of their own anchors one by one.
 
 The two sets are disjoint and together cover every key ``<= i`` (no double counting and no
 dropped block, unlike the published code; see docs/anchor-algorithm.md section 1d).
@@ -50,9 +51,10 @@ class AnchorConfig:
         K/V row serves all those query heads. ``False`` keeps one list per query head.
     tail_tokens:
         The last ``tail_tokens`` queries of each chunk are also scored one by one, each against
-        its own anchor, and the columns they keep join their group's list. The end of a prompt
-        is usually its question, and averaging it with the text before it in a pooling block
-        can drop the one column it needs (a needle far back). ``0`` pools every query.
+        its own anchor; they attend to their group's pooled columns plus the columns they keep
+        (a list of their own, so the rest of the group does not pay for them). The end of a
+        prompt is usually its question, and averaging it with the text before it in a pooling
+        block can drop the one column it needs (a needle far back). ``0`` pools every query.
     """
 
     theta: float = 12.0

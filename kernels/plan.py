@@ -9,7 +9,9 @@ partial group instead of a dense side path.
             sparse kernels run one program per tile and list of query heads);
 * pools   - the pooling blocks (``pool_block`` rows, absolute-aligned); a tile spans at most
             two, and the anchor kernel sums its rows for each of them separately;
-* items   - one (sequence, group) pair: the unit that owns a stripe list;
+* items   - the units that own a stripe list: one per (sequence, group), two where the
+            chunk's last ``tail_tokens`` queries fall in the group (its other rows, then the
+            tail's rows, whose list adds the columns the tail's queries keep one by one);
 * segments- fixed-size slices of an item's candidate range, so the stripe scan of late groups
             (up to the whole context) is spread over many programs.
 """
@@ -106,7 +108,7 @@ class AnchorPlan:
     segment_tokens: int
     num_tokens: int
     tiles: torch.Tensor  # [n_tiles, 6] int32, the anchor step's tiles
-    sparse_tiles: torch.Tensor  # [n_sparse_tiles, 6] int32 (the same tensor when the sizes agree)
+    sparse_tiles: torch.Tensor  # [n_sparse_tiles, 6] int32 (the anchor's when sizes agree and no tail)
     items: torch.Tensor  # [n_items, ITEM_COLS] int32
     segments: torch.Tensor  # [n_segs, 4] int32
     pool_rows: torch.Tensor  # [n_pools] float32, rows present in each pooling block
@@ -173,7 +175,9 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
     G, b = cfg.group_size, cfg.pool_block
     tiles, items, segs, pool_rows, tile_pool, tile_pool_next, item_q = [], [], [], [], [], [], []
     sparse_tiles = []
-    split_sparse = sparse_tile_m != tile_m  # else the sparse step reuses the anchor's tiles
+    # the sparse step reuses the anchor's tiles when they are the same size and no tail cuts a
+    # group into two list owners (an anchor tile may hold rows of both)
+    split_sparse = sparse_tile_m != tile_m or cfg.tail_tokens > 0
     list_off = 0
     for s, seq_len in enumerate(sls):
         q_len = qsl[s + 1] - qsl[s]
@@ -186,29 +190,32 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
             g_lo, g_hi = max(start, g * G), min(seq_len, (g + 1) * G)
             cand_end = cfg.candidate_end(g)
             n_cand = cand_end - cfg.sink_tokens
-            item = len(items)
             pool0 = len(pool_rows)
             for p0 in range(g_lo // b * b, g_hi, b):
                 pool_rows.append(min(p0 + b, g_hi) - max(p0, g_lo))
             for t_lo, t_hi in _group_tiles(g, g_lo, g_hi, G, tile_m):
                 first, last = pool0 + t_lo // b - g_lo // b, pool0 + (t_hi - 1) // b - g_lo // b
-                tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item, first))
+                tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, len(items), first))
                 tile_pool.append(first)
                 tile_pool_next.append(last)
-            if split_sparse:
-                for t_lo, t_hi in _group_tiles(g, g_lo, g_hi, G, sparse_tile_m):
-                    sparse_tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item,
-                                         pool0 + t_lo // b - g_lo // b))
-            seg0 = len(segs)
-            for lo in range(cfg.sink_tokens, cand_end, segment_tokens):
-                segs.append((item, lo, min(lo + segment_tokens, cand_end), list_off + lo - cfg.sink_tokens))
-            # the chunk's last tail_tokens queries that fall in this group, scored one by one
-            tail_lo = max(g_lo, seq_len - cfg.tail_tokens)
-            n_tail = max(0, g_hi - tail_lo)
-            items.append((s, cand_end, list_off, pool0, len(pool_rows) - pool0, seg0, len(segs) - seg0,
-                          qsl[s] + tail_lo - start if n_tail else 0, n_tail))
-            item_q.append(g_hi - g_lo)
-            list_off += n_cand
+            # The chunk's last tail_tokens queries that fall in this group own a second list, the
+            # pooled hits plus their own one-by-one hits; the group's other rows keep the pooled
+            # list, so the columns only the tail wants cost nothing for the rest of the group.
+            tail_lo = min(g_hi, max(g_lo, seq_len - cfg.tail_tokens))
+            owners = [o for o in ((g_lo, tail_lo, 0), (tail_lo, g_hi, g_hi - tail_lo)) if o[1] > o[0]]
+            for o_lo, o_hi, n_tail in owners:
+                item = len(items)
+                seg0 = len(segs)
+                for lo in range(cfg.sink_tokens, cand_end, segment_tokens):
+                    segs.append((item, lo, min(lo + segment_tokens, cand_end), list_off + lo - cfg.sink_tokens))
+                items.append((s, cand_end, list_off, pool0, len(pool_rows) - pool0, seg0, len(segs) - seg0,
+                              qsl[s] + o_lo - start if n_tail else 0, n_tail))
+                item_q.append(o_hi - o_lo)
+                list_off += n_cand
+                if split_sparse:
+                    for t_lo, t_hi in _group_tiles(g, o_lo, o_hi, G, sparse_tile_m):
+                        sparse_tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item,
+                                             pool0 + t_lo // b - g_lo // b))
 
     def table(rows, width):
         return torch.tensor(rows, dtype=torch.int32).reshape(-1, width)

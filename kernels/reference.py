@@ -105,57 +105,94 @@ def chunk_groups(q_start: int, num_q: int, cfg: AnchorConfig) -> list[int]:
     return list(range(q_start // cfg.group_size, (q_start + num_q - 1) // cfg.group_size + 1))
 
 
+def _pooled_hits(q, k, anchor_m, q_start: int, g: int, scale: float, cfg: AnchorConfig) -> torch.Tensor:
+    """``[H, S]`` bool: columns some pooling block of group ``g``'s chunk rows keeps."""
+    num_q, num_heads, _ = q.shape
+    b = cfg.pool_block
+    hit = torch.zeros(num_heads, k.shape[0], dtype=torch.bool, device=q.device)
+    g_lo, g_hi = max(q_start, g * cfg.group_size), min(q_start + num_q, (g + 1) * cfg.group_size)
+    for p0 in range(g_lo // b * b, g_hi, b):
+        lo, hi = max(p0, g_lo) - q_start, min(p0 + b, g_hi) - q_start
+        q_bar = q[lo:hi].float().mean(0)  # [H, D]
+        a_bar = anchor_m[lo:hi].float().mean(0)  # [H]
+        s_bar = torch.einsum("hd,shd->hs", q_bar, _expand_kv(k.float(), num_heads)) * scale
+        hit |= s_bar >= (a_bar - cfg.theta)[:, None]
+    return hit
+
+
+def _to_selectors(hit: torch.Tensor, g: int, num_kv_heads: int, cfg: AnchorConfig) -> torch.Tensor:
+    """Restrict ``[H, S]`` hits to group ``g``'s candidates; union over a KV head's query heads
+    with ``share_gqa``."""
+    num_heads, seq_len = hit.shape
+    cand = torch.zeros(seq_len, dtype=torch.bool, device=hit.device)
+    cand[cfg.sink_tokens:cfg.candidate_end(g)] = True
+    hit = hit & cand
+    if cfg.share_gqa:
+        hit = hit.view(num_kv_heads, num_heads // num_kv_heads, seq_len).any(1)
+    return hit
+
+
+def tail_start(q_start: int, num_q: int, cfg: AnchorConfig) -> int:
+    """Absolute position of the chunk's first tail query (``q_start + num_q`` when none)."""
+    return max(q_start, q_start + num_q - cfg.tail_tokens)
+
+
 def stripe_step(q, k, anchor_m: torch.Tensor, q_start: int, scale: float,
                 cfg: AnchorConfig) -> dict[int, torch.Tensor]:
-    """Step 2: pick stripe columns per group.
+    """Step 2: pick stripe columns per group (the pooled lists).
 
     Queries are averaged in absolute-aligned pooling blocks (only the rows present in the
     chunk), the anchors likewise; candidate column ``j`` of group ``g`` is kept when, for some
     pooled block (and with ``share_gqa`` some query head of the KV head),
-    ``mean(q) . k_j * scale >= mean(anchor) - theta``, or when one of the chunk's last
-    ``tail_tokens`` queries in the group passes the same test on its own,
-    ``q_i . k_j * scale >= anchor_i - theta``.
+    ``mean(q) . k_j * scale >= mean(anchor) - theta``. Every row of the group attends to this
+    list, except the chunk's tail rows: see :func:`tail_stripe_step`.
 
     Returns ``{g: bool [Hsel, S]}`` with ``Hsel = Hkv`` when sharing, else ``H``.
     """
-    num_q, num_heads, _ = q.shape
-    seq_len, num_kv_heads, _ = k.shape
-    rep = num_heads // num_kv_heads
-    b = cfg.pool_block
+    return {g: _to_selectors(_pooled_hits(q, k, anchor_m, q_start, g, scale, cfg), g, k.shape[1], cfg)
+            for g in chunk_groups(q_start, q.shape[0], cfg)}
+
+
+def tail_stripe_step(q, k, anchor_m: torch.Tensor, q_start: int, scale: float,
+                     cfg: AnchorConfig) -> dict[int, torch.Tensor]:
+    """Step 2 for the chunk's last ``tail_tokens`` queries: their group's pooled columns plus
+    every column one of them keeps on its own, ``q_i . k_j * scale >= anchor_i - theta``.
+
+    The end of a prompt is usually its question; pooling it with the text before it can drop
+    the one far-back column it needs. Only the tail's rows attend to this list.
+    Returns ``{g: bool [Hsel, S]}`` for the groups that hold tail rows.
+    """
+    num_q = q.shape[0]
+    t0 = tail_start(q_start, num_q, cfg)
     out: dict[int, torch.Tensor] = {}
-    for g in chunk_groups(q_start, num_q, cfg):
-        cand = torch.zeros(seq_len, dtype=torch.bool, device=q.device)
-        cand[cfg.sink_tokens:cfg.candidate_end(g)] = True
-        hit = torch.zeros(num_heads, seq_len, dtype=torch.bool, device=q.device)
-        g_lo, g_hi = max(q_start, g * cfg.group_size), min(q_start + num_q, (g + 1) * cfg.group_size)
-        for p0 in range(g_lo // b * b, g_hi, b):
-            lo, hi = max(p0, g_lo) - q_start, min(p0 + b, g_hi) - q_start
-            q_bar = q[lo:hi].float().mean(0)  # [H, D]
-            a_bar = anchor_m[lo:hi].float().mean(0)  # [H]
-            s_bar = torch.einsum("hd,shd->hs", q_bar, _expand_kv(k.float(), num_heads)) * scale
-            hit |= s_bar >= (a_bar - cfg.theta)[:, None]
-        for i in range(max(g_lo, q_start + num_q - cfg.tail_tokens), g_hi):
+    for g in chunk_groups(t0, q_start + num_q - t0, cfg) if t0 < q_start + num_q else []:
+        hit = _pooled_hits(q, k, anchor_m, q_start, g, scale, cfg)
+        for i in range(max(t0, g * cfg.group_size), min(q_start + num_q, (g + 1) * cfg.group_size)):
             r = i - q_start
-            s_i = torch.einsum("hd,shd->hs", q[r].float(), _expand_kv(k.float(), num_heads)) * scale
+            s_i = torch.einsum("hd,shd->hs", q[r].float(), _expand_kv(k.float(), q.shape[1])) * scale
             hit |= s_i >= (anchor_m[r].float() - cfg.theta)[:, None]
-        hit &= cand
-        if cfg.share_gqa:
-            hit = hit.view(num_kv_heads, rep, seq_len).any(1)
-        out[g] = hit
+        out[g] = _to_selectors(hit, g, k.shape[1], cfg)
     return out
 
 
 def selection_to_key_mask(selection: dict[int, torch.Tensor], q_start: int, num_q: int,
-                          num_heads: int, cfg: AnchorConfig) -> torch.Tensor:
-    """Expand per-group stripe selections to a per-query key mask ``[H, C, S]``."""
-    any_sel = next(iter(selection.values()))
+                          num_heads: int, cfg: AnchorConfig,
+                          tail: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Expand per-group stripe selections to a per-query key mask ``[H, C, S]``; the rows from
+    :func:`tail_start` on take their group's ``tail`` selection instead, where one is given."""
+    any_sel = next(iter({**selection, **(tail or {})}.values()))
     hsel, seq_len = any_sel.shape
     mask = torch.zeros(num_heads, num_q, seq_len, dtype=torch.bool, device=any_sel.device)
-    groups = torch.div(torch.arange(q_start, q_start + num_q), cfg.group_size, rounding_mode="floor")
+    pos = torch.arange(q_start, q_start + num_q)
+    groups = torch.div(pos, cfg.group_size, rounding_mode="floor")
+    is_tail = pos >= tail_start(q_start, num_q, cfg)
     for g, sel in selection.items():
         rows = (groups == g).nonzero().flatten().to(mask.device)
         per_head = sel.repeat_interleave(num_heads // hsel, dim=0)  # [H, S]
         mask[:, rows, :] = per_head[:, None, :]
+    for g, sel in (tail or {}).items():
+        rows = ((groups == g) & is_tail).nonzero().flatten().to(mask.device)
+        mask[:, rows, :] = sel.repeat_interleave(num_heads // hsel, dim=0)[:, None, :]
     return mask
 
 
@@ -177,7 +214,8 @@ def anchor_attention(q, k, v, q_start: int, scale: float, cfg: AnchorConfig):
     """All three steps; returns ``(out [C, H, D], stripe key mask [H, C, S])``."""
     state = anchor_step(q, k, v, q_start, scale, cfg)
     sel = stripe_step(q, k, state.m, q_start, scale, cfg)
-    mask = selection_to_key_mask(sel, q_start, q.shape[0], q.shape[1], cfg)
+    tail = tail_stripe_step(q, k, state.m, q_start, scale, cfg)
+    mask = selection_to_key_mask(sel, q_start, q.shape[0], q.shape[1], cfg, tail)
     return sparse_step(q, k, v, state, mask, scale), mask
 
 

@@ -113,3 +113,36 @@ def stripe_lists(ws, plan, item: int) -> list[list[int]]:
     """The compacted stripe list (key positions) of ``item`` for every selector head."""
     off = int(plan.items_cpu[item, 2])
     return [ws.lists[h, off:off + int(ws.counts[item, h])].tolist() for h in range(ws.counts.shape[1])]
+
+
+def item_owners(case: PagedCase, cfg) -> list[tuple[int, int, bool, int, int]]:
+    """``(sequence, group, tail, first row, end row)`` of every stripe-list owner, in the plan's
+    item order: per sequence and group, the group's rows before the chunk's tail, then its
+    tail rows (``reference.tail_start``). Rows index ``case.q``. An oracle for the plan."""
+    from vllm_anchor.kernels import reference as R
+    out = []
+    G = cfg.group_size
+    for s in range(case.num_seqs):
+        p0, n = case.q_start(s), case.seq_lens[s] - case.q_start(s)
+        if n <= 0:
+            continue
+        t0 = R.tail_start(p0, n, cfg)
+        row = case.query_start_loc[s] - p0  # row of absolute position p0 is query_start_loc[s]
+        for g in R.chunk_groups(p0, n, cfg):
+            lo, hi = max(p0, g * G), min(p0 + n, (g + 1) * G)
+            cut = min(hi, max(lo, t0))
+            if cut > lo:
+                out.append((s, g, False, row + lo, row + cut))
+            if hi > cut:
+                out.append((s, g, True, row + cut, row + hi))
+    return out
+
+
+def selections_by_owner(owners, lists: dict[int, torch.Tensor], seq: int):
+    """Split per-item selections ``{item: bool [Hsel, S]}`` of sequence ``seq`` into the
+    reference's pooled ``{g: sel}`` and tail ``{g: sel}`` dicts."""
+    pooled, tail = {}, {}
+    for i, (s, g, is_tail, _lo, _hi) in enumerate(owners):
+        if s == seq:
+            (tail if is_tail else pooled)[g] = lists[i]
+    return pooled, tail

@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 
-from paged_case import assert_close_per_sequence, make_case, plant_needle, stripe_lists
+from paged_case import (assert_close_per_sequence, item_owners, make_case, plant_needle, selections_by_owner,
+                        stripe_lists)
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
+from vllm_anchor.kernels.plan import ITEM_NTAIL
 from vllm_anchor.kernels.api import (_Call, pooled_queries, run_anchor_step, run_sparse_step, run_stripe_step,
                                      set_stripe_lists)
 
@@ -96,27 +98,34 @@ def test_stripe_lists_match_reference(share):
     plan, call, ws = _steps(case, cfg)
     run_stripe_step(call, ws)
     items = plan.items_cpu.tolist()
+    owners = item_owners(case, cfg)
+    assert len(owners) == plan.num_items
+    assert any(o[2] for o in owners), "no tail item: the tail's lists would go untested"
     total_sel = total_cand = 0
-    item = 0
+    refs = {}
     for s in range(case.num_seqs):
         k, _ = case.seq_kv(s)
         rows = slice(case.query_start_loc[s], case.query_start_loc[s + 1])
         m_nats = ws.m[rows] / math.log2(math.e)
-        sel = R.stripe_step(case.seq_q(s).float(), k, m_nats, case.q_start(s), case.scale, cfg)
-        for g, mask in sel.items():
-            seq, cand_end, off = items[item][:3]
-            assert seq == s and cand_end == cfg.candidate_end(g)
-            for h in range(mask.shape[0]):
-                got = ws.lists[h, off:off + int(ws.counts[item, h])].tolist()
-                want = mask[h].nonzero().flatten().tolist()
-                assert got == want, f"seq {s} group {g} selector head {h}"
-                pos = torch.tensor(got, dtype=torch.long)
-                page = case.kv_cache.shape[2]
-                slots = case.block_table[s].long()[pos // page] * page + pos % page
-                assert ws.slots[h, off:off + len(got)].tolist() == slots.tolist()
-                total_sel += len(got)
-                total_cand += cand_end - cfg.sink_tokens
-            item += 1
+        args = (case.seq_q(s).float(), k, m_nats, case.q_start(s), case.scale, cfg)
+        refs[s] = (R.stripe_step(*args), R.tail_stripe_step(*args))
+    for item, (s, g, is_tail, lo, hi) in enumerate(owners):
+        mask = refs[s][is_tail][g]
+        seq, cand_end, off = items[item][:3]
+        assert seq == s and cand_end == cfg.candidate_end(g)
+        assert items[item][ITEM_NTAIL] == (hi - lo if is_tail else 0)
+        assert int(plan.item_queries_cpu[item]) == hi - lo
+        for h in range(mask.shape[0]):
+            got = ws.lists[h, off:off + int(ws.counts[item, h])].tolist()
+            want = mask[h].nonzero().flatten().tolist()
+            assert got == want, f"seq {s} group {g} tail {is_tail} selector head {h}"
+            pos = torch.tensor(got, dtype=torch.long)
+            page = case.kv_cache.shape[2]
+            slots = case.block_table[s].long()[pos // page] * page + pos % page
+            assert ws.slots[h, off:off + len(got)].tolist() == slots.tolist()
+            total_sel += len(got)
+            total_cand += cand_end - cfg.sink_tokens
+    item = len(owners)
     assert item == plan.num_items
     # the structured input must give a partial selection, or this test checks nothing
     assert 0.05 < total_sel / total_cand < 0.8, total_sel / total_cand
@@ -156,16 +165,20 @@ def test_sparse_tile_size_is_a_pure_speed_option(heads, rows, sparse_rows):
     same, plan_same = run(case, cfg, rows=rows)
     split, plan = run(case, cfg, rows=rows, sparse_rows=sparse_rows)
     assert plan.sparse_tile_m != plan.tile_m and plan.sparse_tile_m * plan.pack <= plan.sparse_rows
-    assert plan_same.sparse_tiles is plan_same.tiles
+    # the anchor's tiles serve the sparse step when the sizes agree and no tail cuts a group
+    assert plan_same.sparse_tiles is not plan_same.tiles
+    no_tail = plan_anchor_prefill(case.query_start_loc, case.seq_lens, small_cfg(tail_tokens=0), *case.dims,
+                                  "cpu", rows=rows)
+    assert no_tail.sparse_tiles is no_tail.tiles
     torch.testing.assert_close(split, same, rtol=1e-6, atol=1e-6)
     item_of_row = torch.full((case.q.shape[0],), -1)
-    for _seq, row0, _pos0, n, item, _pool in plan.tiles.tolist():
-        item_of_row[row0:row0 + n] = item
+    for item, (_s, _g, _tail, lo, hi) in enumerate(item_owners(case, cfg)):
+        item_of_row[lo:hi] = item
     seen = torch.zeros(case.q.shape[0], dtype=torch.int32)
     for seq, row0, pos0, n, item, _pool in plan.sparse_tiles.tolist():
         assert 1 <= n <= plan.sparse_tile_m
         assert pos0 // cfg.group_size == (pos0 + n - 1) // cfg.group_size, "tile crosses a group"
-        assert (item_of_row[row0:row0 + n] == item).all(), "sparse tile reads another group's list"
+        assert (item_of_row[row0:row0 + n] == item).all(), "sparse tile reads another owner's list"
         seen[row0:row0 + n] += 1
     assert (seen == 1).all()
 
@@ -185,19 +198,19 @@ def test_sparse_step_on_random_selection(share):
     out = torch.full_like(case.q, float("nan"))
     run_sparse_step(call, ws, out)
     assert torch.isfinite(out).all()
-    item = 0
+    owners = item_owners(case, cfg)
+    assert len(owners) == plan.num_items and any(o[2] for o in owners)
     for s in range(case.num_seqs):
         k, v = case.seq_kv(s)
         q = case.seq_q(s).float()
         p0 = case.q_start(s)
-        sel = {}
-        for g in R.chunk_groups(p0, q.shape[0], cfg):
-            m = torch.zeros(ws.num_sel, k.shape[0], dtype=torch.bool)
+        lists = {}
+        for i in (i for i, owner in enumerate(owners) if owner[0] == s):
+            lists[i] = torch.zeros(ws.num_sel, k.shape[0], dtype=torch.bool)
             for h in range(ws.num_sel):
-                m[h, masks[(item, h)]] = True
-            sel[g] = m
-            item += 1
-        key_mask = R.selection_to_key_mask(sel, p0, q.shape[0], q.shape[1], cfg)
+                lists[i][h, masks[(i, h)]] = True
+        sel, tail = selections_by_owner(owners, lists, s)
+        key_mask = R.selection_to_key_mask(sel, p0, q.shape[0], q.shape[1], cfg, tail)
         st = R.anchor_step(q, k, v, p0, case.scale, cfg)
         ref = R.sparse_step(q, k, v, st, key_mask, case.scale)
         # independent check of the whole composition: one softmax over anchor | stripes
@@ -372,12 +385,18 @@ def test_tail_queries_keep_the_column_only_they_want(share):
         run_stripe_step(call, ws)
         k, _ = case.seq_kv(0)
         m_nats = ws.m / math.log2(math.e)
-        ref = R.stripe_step(case.q.float(), k, m_nats, 0, case.scale, cfg)
+        args = (case.q.float(), k, m_nats, 0, case.scale, cfg)
+        ref = (R.tail_stripe_step if tail else R.stripe_step)(*args)
         got = stripe_lists(ws, plan, plan.num_items - 1)
         want = [m.nonzero().flatten().tolist() for m in ref[3]]
         assert got == want
         needle_heads = [0, 1] if share else [0, 3]  # the selector heads of query heads 0 and 3
         found[tail] = [needle in got[h] for h in needle_heads]
+        if tail:  # the group's other rows keep the pooled list: without the needle
+            assert plan.items_cpu[-1, ITEM_NTAIL] == 1 and plan.items_cpu[-2, ITEM_NTAIL] == 0
+            rest = stripe_lists(ws, plan, plan.num_items - 2)
+            assert [needle in rest[h] for h in needle_heads] == [False, False]
+            assert all(set(r) <= set(t) for r, t in zip(rest, got)), "the tail's list holds the pooled one"
     assert found == {0: [False, False], 1: [True, True]}
 
 
@@ -404,4 +423,6 @@ def test_tail_is_cut_at_each_chunk_end():
     for key in [(0, 8, 64), (0, 56, 64)]:
         assert split_l[key] == whole_l[key]
     # group 2 [128, 192) is cut at 160: the first chunk's part [128, 160) has a tail of its own
-    assert (0, 120, 32) in split_l and (1, 120, 32) in split_l
+    # (rows [152, 160), after the 24 rows of pooled-only list); the second chunk's part is its
+    # 32 rows [160, 192), with no tail
+    assert (0, 120, 24) in split_l and (0, 120, 8) in split_l and (1, 120, 32) in split_l

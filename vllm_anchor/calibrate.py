@@ -13,7 +13,10 @@ and for every theta of a sweep measures, per layer and per head, with the plain 
 
 Stripes are selected exactly as the kernels do: per query group, from the whole group's pooled
 queries and anchors (``reference.anchor_step`` + ``reference.stripe_step``); recall and error are
-then evaluated on a few contiguous query blocks sampled in each group (memory-safe).
+then evaluated on a few contiguous query blocks sampled in each group (memory-safe). The pooled
+lists are what almost every query attends to; the extra columns of a chunk's last
+``tail_tokens`` queries (``reference.tail_stripe_step``) depend on where chunks end in serving,
+so they are left out here (they only raise those queries' recall).
 
 Every layer is measured with the softmax scale its attention module really uses (the ``scaling``
 it hands to the attention function: Gemma-3 uses ``query_pre_attn_scalar ** -0.5``, not

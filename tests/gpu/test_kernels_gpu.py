@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paged_case import assert_close_per_sequence, make_case, plant_needle, stripe_lists
+from paged_case import (assert_close_per_sequence, item_owners, make_case, plant_needle, selections_by_owner,
+                        stripe_lists)
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
 from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step, set_stripe_lists
@@ -75,18 +76,18 @@ def test_sparse_step_on_random_selection(dtype, head_dim):
     set_stripe_lists(call, ws, picks)
     out = torch.full_like(case.q, float("nan"))
     run_sparse_step(call, ws, out)
-    item = 0
+    owners = item_owners(case, cfg)
+    assert len(owners) == plan.num_items and any(o[2] for o in owners), "no tail list to test"
     for s in range(case.num_seqs):
         k, v = case.seq_kv(s)
         q, p0 = case.seq_q(s).float(), case.q_start(s)
-        sel = {}
-        for g in R.chunk_groups(p0, q.shape[0], cfg):
-            m = torch.zeros(ws.num_sel, k.shape[0], dtype=torch.bool, device="cuda")
+        lists = {}
+        for i in (i for i, owner in enumerate(owners) if owner[0] == s):
+            lists[i] = torch.zeros(ws.num_sel, k.shape[0], dtype=torch.bool, device="cuda")
             for h in range(ws.num_sel):
-                m[h, picks[(item, h)].cuda()] = True
-            sel[g] = m
-            item += 1
-        mask = R.selection_to_key_mask(sel, p0, q.shape[0], q.shape[1], cfg)
+                lists[i][h, picks[(i, h)].cuda()] = True
+        sel, tail = selections_by_owner(owners, lists, s)
+        mask = R.selection_to_key_mask(sel, p0, q.shape[0], q.shape[1], cfg, tail)
         ref = R.masked_attention(q, k, v, mask | R.anchor_region_mask(p0, q.shape[0], k.shape[0], cfg, "cuda"),
                                  case.scale)
         got = out[case.query_start_loc[s]:case.query_start_loc[s + 1]]
@@ -141,4 +142,6 @@ def test_tail_keeps_the_needle_only_the_last_query_wants(dtype, head_dim):
         run_anchor_step(call, ws)
         run_stripe_step(call, ws)
         found[tail] = [needle in lst for lst in stripe_lists(ws, plan, plan.num_items - 1)]
+        if tail:  # the group's rows before the tail keep the pooled list, without the needle
+            assert [needle in lst for lst in stripe_lists(ws, plan, plan.num_items - 2)] == [False] * 3
     assert found == {0: [False] * 3, 64: [True] * 3}
