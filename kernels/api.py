@@ -19,7 +19,7 @@ from .plan import AnchorPlan, plan_anchor_prefill  # noqa: F401  (re-export)
 from .triton_anchor import anchor_kernel
 from .triton_common import LOG2E
 from .triton_sparse import sparse_kernel
-from .triton_stripes import pool_queries_kernel, stripe_pack_kernel, stripe_scan_kernel
+from .triton_stripes import pool_queries_kernel, stripe_pack_kernel, stripe_scan_kernel, tail_hits_kernel
 
 
 # Lazy softmax rescale threshold in log2 units (0 = rescale every key block). Off: on the H100
@@ -66,6 +66,7 @@ class AnchorWorkspace:
     qsum: torch.Tensor  # [n_tiles, 2, H, BLOCK_D] fp32, before / after the tile's pool edge
     msum: torch.Tensor  # [n_tiles, 2, H] fp32
     scratch: torch.Tensor  # [NUM_SEL, capacity] int32
+    tail_hits: torch.Tensor  # [NUM_SEL, capacity] int8, 1 where a tail query keeps the column
     lists: torch.Tensor  # [NUM_SEL, capacity] int32, compacted stripe positions per item
     slots: torch.Tensor  # [NUM_SEL, capacity] int32, the same keys as cache slots
     seg_counts: torch.Tensor  # [n_segs, NUM_SEL] int32
@@ -121,6 +122,8 @@ def new_workspace(call: _Call) -> AnchorWorkspace:
         acc=torch.empty(call.num_tokens, H, BD, **f32),
         qsum=torch.empty(plan.num_tiles, 2, H, BD, **f32), msum=torch.empty(plan.num_tiles, 2, H, **f32),
         scratch=torch.empty(call.num_sel, cap, **i32), lists=torch.empty(call.num_sel, cap, **i32),
+        # read only where a tail block wrote it (the scan masks the load by the item's tail)
+        tail_hits=torch.empty(call.num_sel, cap if plan.num_tail_blocks else 16, dtype=torch.int8, device=dev),
         slots=torch.empty(call.num_sel, cap, **i32),
         seg_counts=torch.empty(plan.num_segments, call.num_sel, **i32),
         counts=torch.empty(plan.num_items, call.num_sel, **i32),
@@ -162,13 +165,17 @@ def run_stripe_step(call: _Call, ws: AnchorWorkspace) -> None:
         sel_pad = triton.next_power_of_2(call.sel_heads)
         rows = max(16, triton.next_power_of_2(cfg.pools_per_group) * sel_pad)
         theta = cfg.theta * LOG2E if math.isfinite(cfg.theta) else cfg.theta
+        consts = dict(NUM_HEADS=call.num_heads, KV_REP=call.rep, SEL_HEADS=call.sel_heads,
+                      SEL_HEADS_PAD=sel_pad, ROWS=rows, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d,
+                      **call.opts["scan"])
+        if plan.num_tail_blocks:
+            tail_hits_kernel[(plan.num_tail_blocks, call.num_sel)](
+                q, q.stride(0), q.stride(1), ws.m, *call.kv_args(), plan.items, plan.tail_blocks,
+                ws.tail_hits, ws.tail_hits.stride(0), call.qk_scale, theta, **consts)
         stripe_scan_kernel[(plan.num_segments, call.num_sel)](
-            qbar, abar, q, q.stride(0), q.stride(1), ws.m, *call.kv_args(), plan.items, plan.segments,
+            qbar, abar, *call.kv_args(), plan.items, plan.segments, ws.tail_hits,
             ws.scratch, ws.scratch.stride(0), ws.seg_counts, call.num_sel,
-            call.qk_scale, theta,
-            NUM_HEADS=call.num_heads, KV_REP=call.rep, SEL_HEADS=call.sel_heads,
-            SEL_HEADS_PAD=sel_pad, ROWS=rows, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d,
-            **call.opts["scan"])
+            call.qk_scale, theta, **consts)
     stripe_pack_kernel[(plan.num_items, call.num_sel)](
         plan.items, plan.segments, ws.scratch, ws.lists, ws.slots, ws.lists.stride(0), ws.seg_counts,
         ws.counts, call.num_sel, call.bt, call.bt.stride(0), call.page, BLOCK=1024 if call.q.is_cuda else 64)

@@ -13,7 +13,10 @@ partial group instead of a dense side path.
             chunk's last ``tail_tokens`` queries fall in the group (its other rows, then the
             tail's rows, whose list adds the columns the tail's queries keep one by one);
 * segments- fixed-size slices of an item's candidate range, so the stripe scan of late groups
-            (up to the whole context) is spread over many programs.
+            (up to the whole context) is spread over many programs;
+* tail blocks - short slices of the tail items' candidate ranges, one program each for the
+            tail's one-by-one scoring (several passes over every key: short slices keep any
+            one program from setting the step's time).
 """
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ from .config import AnchorConfig
 TILE_SEQ, TILE_ROW0, TILE_POS0, TILE_NROWS, TILE_ITEM, TILE_POOL = range(6)
 ITEM_SEQ, ITEM_CAND_END, ITEM_LIST_OFF, ITEM_POOL0, ITEM_NPOOL, ITEM_SEG0, ITEM_NSEG, ITEM_TAIL_ROW0, ITEM_NTAIL = range(9)
 ITEM_COLS = ITEM_NTAIL + 1
-SEG_ITEM, SEG_LO, SEG_HI, SEG_OFF = range(4)
+SEG_ITEM, SEG_LO, SEG_HI, SEG_OFF = range(4)  # also the tail blocks' columns
+# Candidate keys per tail-hits program: 4 key blocks of 64, times up to 4 passes of 16 tail
+# tokens each at the default tail_tokens 64 / pools_per_group 16.
+TAIL_BLOCK_TOKENS = 256
 
 
 def heads_per_program(cfg: AnchorConfig, num_heads: int, num_kv_heads: int) -> int:
@@ -111,6 +117,7 @@ class AnchorPlan:
     sparse_tiles: torch.Tensor  # [n_sparse_tiles, 6] int32 (the anchor's when sizes agree and no tail)
     items: torch.Tensor  # [n_items, ITEM_COLS] int32
     segments: torch.Tensor  # [n_segs, 4] int32
+    tail_blocks: torch.Tensor  # [n_tail_blocks, 4] int32, the tail items' slices (segment columns)
     pool_rows: torch.Tensor  # [n_pools] float32, rows present in each pooling block
     tile_pool_next: torch.Tensor  # [n_tiles] int64, pooling block of its tokens past a pool edge
     # (the pooling block of each tile's first token is the tiles table's TILE_POOL column)
@@ -136,6 +143,10 @@ class AnchorPlan:
     @property
     def num_segments(self) -> int:
         return self.segments.shape[0]
+
+    @property
+    def num_tail_blocks(self) -> int:
+        return self.tail_blocks.shape[0]
 
 
 def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: torch.Tensor | list[int],
@@ -174,7 +185,10 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
     G, b = cfg.group_size, cfg.pool_block
     tiles, items, segs, pool_rows, tile_pool, tile_pool_next, item_q = [], [], [], [], [], [], []
-    sparse_tiles = []
+    # the tail items' sparse tiles go first: a tail list can be far longer than its group's
+    # pooled one (one query keeps more columns than a block mean), and started last such a
+    # tile would run alone at the end of the launch
+    sparse_tiles, tail_sparse_tiles, tail_blocks = [], [], []
     # the sparse step reuses the anchor's tiles when they are the same size and no tail cuts a
     # group into two list owners (an anchor tile may hold rows of both)
     split_sparse = sparse_tile_m != tile_m or cfg.tail_tokens > 0
@@ -211,11 +225,15 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
                 items.append((s, cand_end, list_off, pool0, len(pool_rows) - pool0, seg0, len(segs) - seg0,
                               qsl[s] + o_lo - start if n_tail else 0, n_tail))
                 item_q.append(o_hi - o_lo)
+                if n_tail:
+                    for lo in range(cfg.sink_tokens, cand_end, TAIL_BLOCK_TOKENS):
+                        tail_blocks.append((item, lo, min(lo + TAIL_BLOCK_TOKENS, cand_end),
+                                            list_off + lo - cfg.sink_tokens))
                 list_off += n_cand
                 if split_sparse:
                     for t_lo, t_hi in _group_tiles(g, o_lo, o_hi, G, sparse_tile_m):
-                        sparse_tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item,
-                                             pool0 + t_lo // b - g_lo // b))
+                        (tail_sparse_tiles if n_tail else sparse_tiles).append(
+                            (s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item, pool0 + t_lo // b - g_lo // b))
 
     def table(rows, width):
         return torch.tensor(rows, dtype=torch.int32).reshape(-1, width)
@@ -235,8 +253,8 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         cfg=cfg, rows=rows, tile_m=tile_m, sparse_rows=sparse_rows, sparse_tile_m=sparse_tile_m,
         pack=pack, num_heads=num_heads, num_kv_heads=num_kv_heads,
         segment_tokens=segment_tokens, num_tokens=qsl[-1],
-        tiles=tiles_dev, sparse_tiles=to(table(sparse_tiles, 6)) if split_sparse else tiles_dev,
-        items=to(items_cpu), segments=to(table(segs, 4)),
+        tiles=tiles_dev, sparse_tiles=to(table(tail_sparse_tiles + sparse_tiles, 6)) if split_sparse else tiles_dev,
+        items=to(items_cpu), segments=to(table(segs, 4)), tail_blocks=to(table(tail_blocks, 4)),
         pool_rows=to(torch.tensor(pool_rows, dtype=torch.float32)),
         tile_pool_next=to(torch.tensor(tile_pool_next, dtype=torch.int64)),
         pool_tiles=to(table(pool_tiles, 2)),

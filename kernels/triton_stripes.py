@@ -9,10 +9,15 @@ Scan: one program per (candidate segment, selector head). It loads the group's p
 (``pools x query heads`` rows; with shared GQA lists all query heads of the KV head) and their
 pooled anchors, scores every key of its segment, keeps column ``j`` when any row has
 ``qbar . k_j * scale >= abar - theta`` (log2 units) and appends the kept positions, in order,
-to the segment's slice of a scratch list (compaction by prefix sum inside the tile). Where the
-group holds some of the chunk's last ``tail_tokens`` queries, those are also scored one by one
-against their own anchors (the same test, unpooled), in passes of as many rows as the pools
-take, and their hits join the same columns before the compaction.
+to the segment's slice of a scratch list (compaction by prefix sum inside the tile). For an
+item that lists a chunk's last ``tail_tokens`` queries, the columns those queries keep one by
+one (tail hits, below) join before the compaction.
+
+Tail hits: one program per (short slice of a tail item's candidates, selector head) scores the
+tail's queries one by one against their own anchors (the same test, unpooled), in passes of as
+many rows as the scan's pools take, and writes a 0/1 byte per column. A separate launch, so the
+tail's extra scoring (several passes over each key) is spread over many short programs instead
+of lengthening the scan programs of one item, which ran last and set the scan's time.
 
 Pack: one program per (group item, selector head) concatenates its segments' runs into the
 item's final list and writes the count. Capacity per item = its candidate count, so memory is
@@ -63,10 +68,10 @@ def pool_queries_kernel(QSUM, MSUM, POOL_TILES, TILES, TILE_POOL_NEXT, POOL_ROWS
 @triton.jit
 def stripe_scan_kernel(
     QBAR, ABAR,                       # [n_pools, H, BLOCK_D] fp32, [n_pools, H] fp32 (log2)
-    Q, stride_q_tok, stride_q_head, M,  # the chunk's queries and anchors [T, H] (log2), for the tail
     KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
     BT, stride_bt,
     ITEMS, SEGS,
+    TAIL_HITS,                        # int8, laid out like SCRATCH: the tail items' tail hits
     SCRATCH, stride_list_head, SEG_COUNTS, NUM_SEL,
     qk_scale, theta_log2,
     NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, SEL_HEADS: tl.constexpr,
@@ -82,8 +87,7 @@ def stripe_scan_kernel(
     seq = tl.load(ITEMS + item * ITEM_COLS + ITEM_SEQ)
     pool0 = tl.load(ITEMS + item * ITEM_COLS + ITEM_POOL0)
     npool = tl.load(ITEMS + item * ITEM_COLS + ITEM_NPOOL)
-    tail_row0 = tl.load(ITEMS + item * ITEM_COLS + ITEM_TAIL_ROW0)
-    ntail = tl.load(ITEMS + item * ITEM_COLS + ITEM_NTAIL)
+    has_tail = tl.load(ITEMS + item * ITEM_COLS + ITEM_NTAIL) > 0
 
     r = tl.arange(0, ROWS)
     pool = r // SEL_HEADS_PAD
@@ -99,6 +103,7 @@ def stripe_scan_kernel(
     bt_row = BT + seq.to(tl.int64) * stride_bt
     head_off = ((hs * SEL_HEADS) // KV_REP) * stride_kv_head
     dst = SCRATCH + hs.to(tl.int64) * stride_list_head + out_off
+    tail_src = TAIL_HITS + hs.to(tl.int64) * stride_list_head + out_off
     offs_n = tl.arange(0, BLOCK_N)
     count = 0
     for j0 in range(lo, hi, BLOCK_N):
@@ -109,7 +114,52 @@ def stripe_scan_kernel(
                     other=0.0)
         s = tl.dot(qbar, tl.trans(k)) * qk_scale
         hit = tl.max((s >= thr[:, None]).to(tl.int32), 0)
-        # the tail's queries, ROWS // SEL_HEADS_PAD tokens x query heads per pass
+        hit = tl.maximum(hit, tl.load(tail_src + (j - lo), mask=valid & has_tail, other=0).to(tl.int32))
+        keep = (hit > 0) & valid
+        keep_i = keep.to(tl.int32)
+        slot = tl.cumsum(keep_i, 0) - keep_i
+        tl.store(dst + count + slot, j, mask=keep)
+        count += tl.sum(keep_i, 0)
+    tl.store(SEG_COUNTS + seg * NUM_SEL + hs, count)
+
+
+@triton.jit
+def tail_hits_kernel(
+    Q, stride_q_tok, stride_q_head, M,  # the chunk's queries and anchors [T, H] (log2)
+    KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
+    BT, stride_bt,
+    ITEMS, TAIL_BLOCKS,               # [n_blocks, 4] int32: item, lo, hi, offset (like SEGS)
+    TAIL_HITS, stride_list_head,      # int8 [NUM_SEL, capacity]: 1 where a tail query keeps the column
+    qk_scale, theta_log2,
+    NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, SEL_HEADS: tl.constexpr,
+    SEL_HEADS_PAD: tl.constexpr, ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    blk = tl.program_id(0)
+    hs = tl.program_id(1)
+    item = tl.load(TAIL_BLOCKS + blk * 4 + SEG_ITEM)
+    lo = tl.load(TAIL_BLOCKS + blk * 4 + SEG_LO)
+    hi = tl.load(TAIL_BLOCKS + blk * 4 + SEG_HI)
+    out_off = tl.load(TAIL_BLOCKS + blk * 4 + SEG_OFF)
+    seq = tl.load(ITEMS + item * ITEM_COLS + ITEM_SEQ)
+    tail_row0 = tl.load(ITEMS + item * ITEM_COLS + ITEM_TAIL_ROW0)
+    ntail = tl.load(ITEMS + item * ITEM_COLS + ITEM_NTAIL)
+
+    r = tl.arange(0, ROWS)
+    qh = hs * SEL_HEADS + r % SEL_HEADS_PAD
+    d = tl.arange(0, BLOCK_D)
+    bt_row = BT + seq.to(tl.int64) * stride_bt
+    head_off = ((hs * SEL_HEADS) // KV_REP) * stride_kv_head
+    dst = TAIL_HITS + hs.to(tl.int64) * stride_list_head + out_off
+    offs_n = tl.arange(0, BLOCK_N)
+    for j0 in range(lo, hi, BLOCK_N):
+        j = j0 + offs_n
+        valid = j < hi
+        offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
+        k = tl.load(KV + offs[:, None] + d[None, :], mask=valid[:, None] & (d[None, :] < HEAD_DIM),
+                    other=0.0)
+        hit = tl.zeros([BLOCK_N], tl.int32)
+        # ROWS // SEL_HEADS_PAD tail tokens x their query heads per pass
         for t0 in range(0, ntail, ROWS // SEL_HEADS_PAD):
             tok = t0 + r // SEL_HEADS_PAD
             t_ok = (tok < ntail) & (r % SEL_HEADS_PAD < SEL_HEADS)
@@ -119,12 +169,7 @@ def stripe_scan_kernel(
                              float("inf"))
             st = tl.dot(qt.to(KV.dtype.element_ty), tl.trans(k)) * qk_scale
             hit = tl.maximum(hit, tl.max((st >= t_thr[:, None]).to(tl.int32), 0))
-        keep = (hit > 0) & valid
-        keep_i = keep.to(tl.int32)
-        slot = tl.cumsum(keep_i, 0) - keep_i
-        tl.store(dst + count + slot, j, mask=keep)
-        count += tl.sum(keep_i, 0)
-    tl.store(SEG_COUNTS + seg * NUM_SEL + hs, count)
+        tl.store(dst + (j - lo), hit.to(tl.int8), mask=valid)
 
 
 @triton.jit

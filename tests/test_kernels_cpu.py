@@ -305,6 +305,43 @@ def test_plan_tiles_cover_each_token_once_inside_one_group(heads, rows):
     torch.testing.assert_close(pool_tokens, plan.pool_rows.cpu())
 
 
+def test_plan_tail_owners_blocks_and_tile_order():
+    """A group holding a chunk's tail gets two list owners with disjoint rows; the tail items'
+    candidates are cut into tail blocks that cover each exactly once at the item's list offsets;
+    the tail items' sparse tiles come first (a long tail list must not start last)."""
+    cfg = small_cfg(tail_tokens=20)
+    qsl, sls = [0, 150, 151, 160, 260], [150, 300, 9, 140]
+    plan = plan_anchor_prefill(qsl, sls, cfg, 6, 2, 16, "cpu")
+    items = plan.items_cpu.tolist()
+    tail_items = [i for i, it in enumerate(items) if it[ITEM_NTAIL]]
+    # sequence 0: tail [130, 150) in group 2; sequence 1: its one token; sequence 2: all 9 tokens
+    # (no candidates: no tail blocks); sequence 3, chunk [40, 140): the tail [120, 140) crosses
+    # the group edge at 128, so groups 1 and 2 each have a tail item (8 and 12 rows)
+    assert [items[i][ITEM_NTAIL] for i in tail_items] == [20, 1, 9, 8, 12]
+    covered = {i: [] for i in tail_items}
+    for item, lo, hi, off in plan.tail_blocks.tolist():
+        assert item in covered and 0 < hi - lo <= 256
+        assert off == items[item][2] + lo - cfg.sink_tokens
+        covered[item].append((lo, hi))
+    for i in tail_items:
+        cand_end = items[i][1]
+        spans = sorted(covered[i])
+        want_lo = cfg.sink_tokens
+        for lo, hi in spans:
+            assert lo == want_lo
+            want_lo = hi
+        assert want_lo == (cand_end if cand_end > cfg.sink_tokens else cfg.sink_tokens)
+    order = [items[t[4]][ITEM_NTAIL] > 0 for t in plan.sparse_tiles.tolist()]
+    assert order == sorted(order, reverse=True) and any(order) and not all(order)
+    # the row owners: each chunk token in exactly one sparse tile, of the right item
+    seen = torch.zeros(qsl[-1], dtype=torch.int32)
+    for seq, row0, pos0, n, item, _pool in plan.sparse_tiles.tolist():
+        tail_lo = sls[seq] - cfg.tail_tokens
+        assert (pos0 >= tail_lo) == (items[item][ITEM_NTAIL] > 0) and (pos0 + n - 1 >= tail_lo) == (pos0 >= tail_lo)
+        seen[row0:row0 + n] += 1
+    assert (seen == 1).all()
+
+
 @pytest.mark.parametrize("heads,rows", [((6, 2), 32), ((10, 2), 32)], ids=["gqa3-r32", "gqa5-r32"])
 def test_non_power_of_two_head_packing_matches_reference(heads, rows):
     """Tiles of 10 or 6 tokens straddle pooling blocks; lists and output must not notice."""
