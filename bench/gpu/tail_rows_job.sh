@@ -5,6 +5,8 @@
 # bench/kernels.py smollm2 at 32k, theta 10 and 12, step times, tail 64 vs 0 (job 18 measured
 # tail 64 with the group-wide list at 1.26x vs 1.48x, theta 12; 1.69x vs 2.04x, theta 10).
 # Writes straight into $OUT (no archive), so a call cut short still returns what finished.
+# Ran at 5cfd422 on an H100 80GB HBM3 (bench/results/tail_rows_h100/); the tail-hits launch that
+# followed is measured by trade_job.sh K and T.
 # Usage on the GPU host: bash bench/gpu/tail_rows_job.sh
 source bench/gpu/setup.sh
 cd /tmp
