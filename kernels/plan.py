@@ -127,6 +127,7 @@ class AnchorPlan:
     # host copies, for statistics and tests
     items_cpu: torch.Tensor
     item_queries_cpu: torch.Tensor  # [n_items] queries of the chunk in each item
+    item_queries: torch.Tensor  # the same, float64 on the device (the density's weights)
 
     @property
     def num_tiles(self) -> int:
@@ -260,17 +261,25 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         pool_tiles=to(table(pool_tiles, 2)),
         list_capacity=list_off, num_pools=len(pool_rows),
         items_cpu=items_cpu, item_queries_cpu=torch.tensor(item_q, dtype=torch.int64),
+        item_queries=to(torch.tensor(item_q, dtype=torch.float64)),
     )
+
+
+def stripe_density_parts(plan: AnchorPlan, counts: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(selected, candidates)``: the chunk's selected (query, key) pairs, all selector heads
+    together, as a 0-dim float64 tensor on ``counts``' device (no synchronization), and its
+    candidate pairs, a host number. The density is their ratio (0 without candidates)."""
+    cand = (plan.items_cpu[:, 1] - plan.cfg.sink_tokens).to(torch.float64)
+    q = plan.item_queries_cpu.to(torch.float64)
+    total = float((cand * q).sum()) * counts.shape[1]
+    return (counts.to(torch.float64).sum(1) * plan.item_queries.to(counts.device)).sum(), total
 
 
 def stripe_density(plan: AnchorPlan, counts: torch.Tensor) -> float:
     """Selected / candidate (query, key) pairs of the chunk, all selector heads together.
 
-    Reads ``counts`` back to the host: one synchronization per layer, on prefill steps only.
+    Reads ``counts`` back to the host: one synchronization. The backend reads the same number
+    a call later instead (``routing.DeferredDensity``), so the GPU never waits for the host.
     """
-    cand = (plan.items_cpu[:, 1] - plan.cfg.sink_tokens).to(torch.float64)
-    q = plan.item_queries_cpu.to(torch.float64)
-    total = float((cand * q).sum()) * counts.shape[1]
-    if total == 0:
-        return 0.0
-    return float((counts.cpu().to(torch.float64).sum(1) * q).sum()) / total
+    selected, total = stripe_density_parts(plan, counts)
+    return float(selected) / total if total else 0.0

@@ -310,3 +310,82 @@ def test_stats_flush_on_their_own_after_the_last_update(tmp_path, monkeypatch):
         time.sleep(0.05)
     data = json.loads(path.read_text())["model.layers.1.self_attn.attn"]
     assert data["calls"] == 4 and data["fallbacks"] == 3 and data["measured"] == 1
+
+
+# --- the backend's anchor path, deferred density read-back -------------------------------------
+
+def test_deferred_density_lands_a_call_later():
+    from vllm_anchor.routing import DeferredDensity
+    d = DeferredDensity()
+    assert d.take() is None                       # nothing queued
+    d.start(torch.tensor(30.0, dtype=torch.float64), 120.0)
+    assert d.take() == pytest.approx(0.25)
+    assert d.take() is None                       # taken once
+    d.start(torch.tensor(5.0, dtype=torch.float64), 10.0)
+    d.start(torch.tensor(9.0, dtype=torch.float64), 10.0)  # a newer one replaces an untaken one
+    assert d.take() == pytest.approx(0.9)
+    d.start(torch.tensor(0.0, dtype=torch.float64), 0.0)  # no candidates
+    assert d.take() == 0.0
+
+
+def test_backend_forward_runs_sparse_then_follows_the_late_density(monkeypatch):
+    """AnchorImpl.forward on a hand-built anchor batch (CPU, Triton interpreter): a measured call
+    finishes sparse and equals the reference; its density reaches the guard at the next call,
+    which, above the threshold, runs stock attention (stubbed here) and records a fallback."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from paged_case import make_case
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
+
+    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.kernels import reference as R
+    from vllm_anchor.stats import STATS
+
+    cfg = AnchorConfig(theta=2.0, sink_tokens=8, local_tokens=8, group_size=64, pool_block=16, tail_tokens=8)
+    case = make_case([(40, 120)], 4, 2, 16, dtype=torch.float32, seed=3, strong_frac=0.2, strong_gain=1.6)
+    impl = AnchorImpl(4, 16, case.scale, 2, None, None, "auto")
+    impl.settings = AnchorSettings(kernel=cfg, density_guard=0.01)
+    impl._guard = DensityGuard(threshold=0.01)
+    stock_calls = []
+
+    def stock(self, layer, query, key, value, kv_cache, md, output, *args):
+        stock_calls.append(md)
+        output.fill_(7.0)
+        return output
+    monkeypatch.setattr(FlashAttentionImpl, "forward", stock)
+    STATS.auto_flush = False
+    STATS.reset()
+    layer = type("Layer", (), {"layer_name": "model.layers.3.self_attn.attn"})()
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, 4, 2, 16, "cpu")
+    md = AnchorMetadata(fa="whole-batch FA metadata", fa_head=None,
+                        anchor=AnchorPrefillMetadata(plan, case.block_table, 0, case.q.shape[0]))
+    try:
+        out = torch.full_like(case.q, float("nan"))
+        impl.forward(layer, case.q, None, None, case.kv_cache, md, out)
+        assert stock_calls == []
+        k, v = case.seq_kv(0)
+        ref, _ = R.anchor_attention(case.q.float(), k, v, case.q_start(0), case.scale, cfg)
+        assert R.relative_error(out, ref) < 1e-4
+        stats = STATS.snapshot()[layer.layer_name]
+        assert (stats["calls"], stats["fallbacks"], stats["measured"]) == (1, 0, 0)  # density not read yet
+        assert impl._guard.estimate is None
+
+        out2 = torch.full_like(case.q, float("nan"))
+        impl.forward(layer, case.q, None, None, case.kv_cache, md, out2)
+        stats = STATS.snapshot()[layer.layer_name]
+        assert stock_calls == ["whole-batch FA metadata"] and (out2 == 7.0).all()
+        assert (stats["calls"], stats["fallbacks"], stats["measured"]) == (2, 1, 1)
+        assert stats["last_density"] == pytest.approx(stripe_density(plan, _counts(case, plan, cfg)))
+        assert impl._guard.estimate > 0.01
+    finally:
+        STATS.reset()
+        STATS.auto_flush = True
+
+
+def _counts(case, plan, cfg):
+    from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_stripe_step
+    call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
+    ws = new_workspace(call)
+    run_anchor_step(call, ws)
+    run_stripe_step(call, ws)
+    return ws.counts

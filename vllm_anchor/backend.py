@@ -28,9 +28,10 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
 from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, stripe_density, warm_up
+from vllm_anchor.kernels.plan import stripe_density_parts
 from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_sparse_step, run_stripe_step
 
-from .routing import DensityGuard, first_anchor_request, slice_requests
+from .routing import DeferredDensity, DensityGuard, first_anchor_request, slice_requests
 from .settings import AnchorSettings, load_settings
 from .stats import STATS
 
@@ -150,6 +151,8 @@ class AnchorImpl(FlashAttentionImpl):
         self._unsupported = ", ".join(reasons)
         self._layer_on: bool | None = None  # resolved at the first forward (needs the layer name)
         self._guard = DensityGuard(self.settings.density_guard)
+        self._density = DeferredDensity()
+        self._sync_density = False
 
     def process_weights_after_loading(self, act_dtype: torch.dtype):
         super().process_weights_after_loading(act_dtype)
@@ -162,6 +165,23 @@ class AnchorImpl(FlashAttentionImpl):
                             self.num_heads, self.num_kv_heads, self.head_size, act_dtype)
         except Exception as e:  # never block start-up on a warm-up; the first request compiles
             logger.warning("vllm-anchor: kernel warm-up failed (%r); compiling on first use", e)
+
+    def _measure_now(self, name: str, plan: AnchorPlan, ws) -> bool:
+        """Queue this call's density read-back (the guard sees it at the next call) and record
+        the call; True only on the fallback path (when the deferred read failed once, the
+        layer measures synchronously and may go dense now, as before)."""
+        if not self._sync_density:
+            try:
+                self._density.start(*stripe_density_parts(plan, ws.counts))
+                STATS.record(name, None, fallback=False)
+                return False
+            except Exception as e:  # never fail a request over a statistic
+                logger.warning("vllm-anchor: deferred density read failed (%r); reading it synchronously", e)
+                self._sync_density = True
+        density = stripe_density(plan, ws.counts)  # one host sync
+        dense = self._guard.dense_after_measuring(density)
+        STATS.record(name, density, fallback=dense)
+        return dense
 
     def _anchor_on(self, layer) -> bool:
         if self._layer_on is None:
@@ -187,6 +207,10 @@ class AnchorImpl(FlashAttentionImpl):
             return super().forward(layer, query, key, value, kv_cache, md.fa, output,
                                    output_scale, output_block_scale)
         name = getattr(layer, "layer_name", "?")
+        density = self._density.take()  # an earlier call's measurement, once it has landed
+        if density is not None:
+            self._guard.update(density)
+            STATS.record_density(name, density)
         if self._guard.skip_measurement():  # this layer was too dense lately: stock FA, no waste
             STATS.record(name, None, fallback=True)
             return super().forward(layer, query, key, value, kv_cache, md.fa, output)
@@ -196,11 +220,8 @@ class AnchorImpl(FlashAttentionImpl):
         ws = new_workspace(call)
         run_anchor_step(call, ws)
         run_stripe_step(call, ws)
-        density = stripe_density(a.plan, ws.counts)  # one host sync per layer, prefill only
-        if self._guard.dense_after_measuring(density):
-            STATS.record(name, density, fallback=True)
+        if self._measure_now(name, a.plan, ws):
             return super().forward(layer, query, key, value, kv_cache, md.fa, output)
-        STATS.record(name, density, fallback=False)
         if md.fa_head is not None:
             super().forward(layer, query, key, value, kv_cache, md.fa_head, output)
         run_sparse_step(call, ws, output[rows])

@@ -56,6 +56,8 @@ class DensityGuard:
     the next, so after a chunk measured above ``threshold`` the layer skips the anchor work
     altogether (no anchor or stripe step wasted) and re-measures only every ``probe_every``-th
     call; the running estimate is the mean of the last measurement and the previous estimate.
+    The backend feeds each measurement in a call late (:class:`DeferredDensity`): a measured
+    call always finishes sparse, and the next calls follow the updated estimate.
     """
 
     def __init__(self, threshold: float, probe_every: int = 16):
@@ -70,7 +72,48 @@ class DensityGuard:
         return (self.estimate is not None and self.estimate > self.threshold
                 and self._calls % self.probe_every != 0)
 
-    def dense_after_measuring(self, density: float) -> bool:
-        """Record a measured density; True = too dense, run dense for this call."""
+    def update(self, density: float) -> None:
+        """Fold a measured density into the estimate that :meth:`skip_measurement` reads."""
         self.estimate = density if self.estimate is None else 0.5 * (self.estimate + density)
+
+    def dense_after_measuring(self, density: float) -> bool:
+        """Record a measured density; True = too dense to run sparse."""
+        self.update(density)
         return density > self.threshold
+
+
+class DeferredDensity:
+    """One layer's stripe density, read back a call later so the GPU never waits for the host.
+
+    Reading the selected-pair count right after the stripe step stops the CPU until the GPU has
+    caught up, once per anchored layer call, and the GPU then idles while the CPU launches the
+    rest of the layer and the next one. Instead ``start`` queues a copy of the count (a 0-dim
+    device tensor) into pinned host memory behind a CUDA event, and ``take`` returns the density
+    once that copy has landed (None before, and after it was taken). On the CPU the copy is
+    immediate. One measurement is in flight at a time; a newer ``start`` replaces an untaken one.
+    """
+
+    def __init__(self):
+        self._host: torch.Tensor | None = None
+        self._event = None
+        self._total = 0.0
+        self._pending = False
+
+    def start(self, selected: torch.Tensor, total: float) -> None:
+        if selected.device.type == "cuda":
+            if self._host is None:
+                self._host = torch.empty((), dtype=torch.float64, pin_memory=True)
+                self._event = torch.cuda.Event()
+            self._host.copy_(selected, non_blocking=True)
+            self._event.record()
+        else:
+            self._host = selected.detach().to(torch.float64).clone()
+            self._event = None
+        self._total = total
+        self._pending = True
+
+    def take(self) -> float | None:
+        if not self._pending or (self._event is not None and not self._event.query()):
+            return None
+        self._pending = False
+        return float(self._host) / self._total if self._total else 0.0

@@ -1,7 +1,7 @@
 """Per-layer sparsity statistics, cheap enough to leave on.
 
-Workers update a module-level :data:`STATS` once per layer per long prefill (the density guard
-already brought the counts to the host) and flush it, at most once a second, to a small JSON file
+Workers update a module-level :data:`STATS` once per layer per long prefill, and once more when
+that call's stripe density reaches the host (a call later, for the density guard), and flush it, at most once a second, to a small JSON file
 in ``$VLLM_ANCHOR_STATS_DIR``: a one-shot timer thread writes the file a second after the first
 unflushed update, so the last request's counts show up even when no other request follows. The
 process that loaded the plugin first (the API server, or the ``LLM`` process) creates that folder
@@ -39,11 +39,19 @@ class AnchorStats:
     _timer: threading.Timer | None = field(default=None, repr=False)
 
     def record(self, layer: str, density: float | None, fallback: bool) -> None:
-        """One long-prefill call; ``density`` is None when the guard skipped the measurement."""
+        """One long-prefill call; ``density`` is None when it was not measured (the guard
+        skipped it) or arrives later (:meth:`record_density`)."""
+        self._update(layer, calls=1, fallbacks=int(fallback), density=density)
+
+    def record_density(self, layer: str, density: float) -> None:
+        """The stripe density of an earlier call of ``layer``, once it reached the host."""
+        self._update(layer, calls=0, fallbacks=0, density=density)
+
+    def _update(self, layer: str, calls: int, fallbacks: int, density: float | None) -> None:
         with self._lock:
             s = self.layers.setdefault(layer, LayerStats())
-            s.calls += 1
-            s.fallbacks += int(fallback)
+            s.calls += calls
+            s.fallbacks += fallbacks
             if density is not None:
                 s.measured += 1
                 s.density_sum += density
