@@ -28,8 +28,8 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
 from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, stripe_density, warm_up
-from vllm_anchor.kernels.plan import stripe_density_parts
 from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_sparse_step, run_stripe_step
+from vllm_anchor.kernels.plan import stripe_density_parts
 
 from .routing import DeferredDensity, DensityGuard, first_anchor_request, slice_requests
 from .settings import AnchorSettings, load_settings
@@ -166,10 +166,10 @@ class AnchorImpl(FlashAttentionImpl):
         except Exception as e:  # never block start-up on a warm-up; the first request compiles
             logger.warning("vllm-anchor: kernel warm-up failed (%r); compiling on first use", e)
 
-    def _measure_now(self, name: str, plan: AnchorPlan, ws) -> bool:
-        """Queue this call's density read-back (the guard sees it at the next call) and record
-        the call; True only on the fallback path (when the deferred read failed once, the
-        layer measures synchronously and may go dense now, as before)."""
+    def _measure_and_record(self, name: str, plan: AnchorPlan, ws) -> bool:
+        """Queue this call's density read-back (the guard sees it at the layer's next call) and
+        record the call. Returns True (run dense now) only on the fallback path: once the
+        deferred read has failed, the layer reads its density synchronously, as it used to."""
         if not self._sync_density:
             try:
                 self._density.start(*stripe_density_parts(plan, ws.counts))
@@ -220,7 +220,7 @@ class AnchorImpl(FlashAttentionImpl):
         ws = new_workspace(call)
         run_anchor_step(call, ws)
         run_stripe_step(call, ws)
-        if self._measure_now(name, a.plan, ws):
+        if self._measure_and_record(name, a.plan, ws):
             return super().forward(layer, query, key, value, kv_cache, md.fa, output)
         if md.fa_head is not None:
             super().forward(layer, query, key, value, kv_cache, md.fa_head, output)
