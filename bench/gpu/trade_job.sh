@@ -11,7 +11,7 @@
 #      suite at 32000 tokens (15 samples per cell) for each anchor server against stock, the three
 #      runs side by side
 #   T (about 5 min): SmolLM2 YaRN x16 (128k), five servers at once (10 GiB of KV cache each):
-#      stock (8002), defaults (8001), tail 0 (8005), $CAND (8003, default G 1024 theta 10), and
+#      stock (8002), defaults (8001), tail 0 (8005), $CAND (8003, default G 1024), and
 #      the floor (8004: theta -1000, every chunk anchored, no guard: no stripes at all, so only the
 #      anchor region and the stripe search run; the TTFT no theta can beat); TTFT at 32K and
 #      131000, 8 prompts each, interleaved, each anchor server against stock
@@ -23,7 +23,7 @@
 # Usage on the GPU host: [CAND=JSON] bash bench/gpu/trade_job.sh K|A|T   (results: $OUT/trade_$1.tar.gz)
 PART=${1:-K}
 case "$PART" in K|A|T) ;; *) echo "usage: bash bench/gpu/trade_job.sh K|A|T" >&2; exit 2 ;; esac
-CAND=${CAND:-'{"group_size": 1024, "theta": 10}'}
+CAND=${CAND:-'{"group_size": 1024}'}  # the 3e72d0c run used '{"theta": 10}'
 source bench/gpu/setup.sh
 cd /tmp
 job_results trade_$PART trade_$PART
