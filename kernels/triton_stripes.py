@@ -66,6 +66,26 @@ def pool_queries_kernel(QSUM, MSUM, POOL_TILES, TILES, TILE_POOL_NEXT, POOL_ROWS
 
 
 @triton.jit
+def _key_slice(TABLE, i):
+    """``(item, lo, hi, out_off)`` of row ``i`` of a segment table (scan segments or tail blocks):
+    keys ``[lo, hi)`` of ``item``, whose per-key output starts at ``out_off`` of its head's row."""
+    return (tl.load(TABLE + i * 4 + SEG_ITEM), tl.load(TABLE + i * 4 + SEG_LO),
+            tl.load(TABLE + i * 4 + SEG_HI), tl.load(TABLE + i * 4 + SEG_OFF))
+
+
+@triton.jit
+def _key_block(KV, bt_row, j0, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok, head_off,
+               HEAD_DIM: tl.constexpr):
+    """Positions ``j`` of the key block from ``j0``, which of them are ``< hi``, and their K rows
+    read through the block table (zero past ``hi``)."""
+    j = j0 + offs_n
+    valid = j < hi
+    offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
+    k = tl.load(KV + offs[:, None] + d[None, :], mask=valid[:, None] & (d[None, :] < HEAD_DIM), other=0.0)
+    return j, valid, k
+
+
+@triton.jit
 def stripe_scan_kernel(
     QBAR, ABAR,                       # [n_pools, H, BLOCK_D] fp32, [n_pools, H] fp32 (log2)
     KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
@@ -80,10 +100,7 @@ def stripe_scan_kernel(
 ):
     seg = tl.program_id(0)
     hs = tl.program_id(1)
-    item = tl.load(SEGS + seg * 4 + SEG_ITEM)
-    lo = tl.load(SEGS + seg * 4 + SEG_LO)
-    hi = tl.load(SEGS + seg * 4 + SEG_HI)
-    out_off = tl.load(SEGS + seg * 4 + SEG_OFF)
+    item, lo, hi, out_off = _key_slice(SEGS, seg)
     seq = tl.load(ITEMS + item * ITEM_COLS + ITEM_SEQ)
     pool0 = tl.load(ITEMS + item * ITEM_COLS + ITEM_POOL0)
     npool = tl.load(ITEMS + item * ITEM_COLS + ITEM_NPOOL)
@@ -107,11 +124,8 @@ def stripe_scan_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     count = 0
     for j0 in range(lo, hi, BLOCK_N):
-        j = j0 + offs_n
-        valid = j < hi
-        offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
-        k = tl.load(KV + offs[:, None] + d[None, :], mask=valid[:, None] & (d[None, :] < HEAD_DIM),
-                    other=0.0)
+        j, valid, k = _key_block(KV, bt_row, j0, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok, head_off,
+                                 HEAD_DIM)
         s = tl.dot(qbar, tl.trans(k)) * qk_scale
         hit = tl.max((s >= thr[:, None]).to(tl.int32), 0)
         hit = tl.maximum(hit, tl.load(tail_src + (j - lo), mask=valid & has_tail, other=0).to(tl.int32))
@@ -137,10 +151,7 @@ def tail_hits_kernel(
 ):
     blk = tl.program_id(0)
     hs = tl.program_id(1)
-    item = tl.load(TAIL_BLOCKS + blk * 4 + SEG_ITEM)
-    lo = tl.load(TAIL_BLOCKS + blk * 4 + SEG_LO)
-    hi = tl.load(TAIL_BLOCKS + blk * 4 + SEG_HI)
-    out_off = tl.load(TAIL_BLOCKS + blk * 4 + SEG_OFF)
+    item, lo, hi, out_off = _key_slice(TAIL_BLOCKS, blk)
     seq = tl.load(ITEMS + item * ITEM_COLS + ITEM_SEQ)
     tail_row0 = tl.load(ITEMS + item * ITEM_COLS + ITEM_TAIL_ROW0)
     ntail = tl.load(ITEMS + item * ITEM_COLS + ITEM_NTAIL)
@@ -153,11 +164,8 @@ def tail_hits_kernel(
     dst = TAIL_HITS + hs.to(tl.int64) * stride_list_head + out_off
     offs_n = tl.arange(0, BLOCK_N)
     for j0 in range(lo, hi, BLOCK_N):
-        j = j0 + offs_n
-        valid = j < hi
-        offs = paged_row_offsets(bt_row, j, valid, PAGE, stride_kv_block, stride_kv_tok, head_off)
-        k = tl.load(KV + offs[:, None] + d[None, :], mask=valid[:, None] & (d[None, :] < HEAD_DIM),
-                    other=0.0)
+        j, valid, k = _key_block(KV, bt_row, j0, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok, head_off,
+                                 HEAD_DIM)
         hit = tl.zeros([BLOCK_N], tl.int32)
         # ROWS // SEL_HEADS_PAD tail tokens x their query heads per pass
         for t0 in range(0, ntail, ROWS // SEL_HEADS_PAD):

@@ -35,17 +35,13 @@ for run in "8001 tail64" "8004 tail0"; do
       --out $R/longctx_smollm2_$2_32k_vs_stock.json 2>&1 | grep -v "^\[longctx\] [0-9]*/" | grep "overall\|depth 32000@0.5\|niah_single |"
     lap "suite $2"
   else
-    timeout 150 vllm-anchor bench --base-url http://127.0.0.1:$1 --compare-url http://127.0.0.1:8002 \
-      --labels anchor_$2,stock --tokenizer "$SMOLLM2" --input-lens 32K,131000 --num-prompts 8 --num-warmups 1 \
-      --output-len 16 --interleave --no-progress --result-dir $R --result-filename ttft_128k_$2_vs_stock 2>&1 | tail -4
+    ttft_vs_stock 150 $1 $2 ttft_128k_$2_vs_stock --input-lens 32K,131000 --num-prompts 8
     lap "ttft $2"
   fi
   anchor_metrics $1 $R/metrics_$2.txt
 done
 if [ "$PART" = Q ]; then
-  timeout 60 vllm-anchor bench --base-url http://127.0.0.1:8001 --compare-url http://127.0.0.1:8002 \
-    --labels anchor_tail64,stock --tokenizer "$SMOLLM2" --input-lens 32000 --num-prompts 6 --num-warmups 1 \
-    --output-len 16 --interleave --no-progress --result-dir $R --result-filename ttft_tail64_vs_stock 2>&1 | tail -3
+  ttft_vs_stock 60 8001 tail64 ttft_tail64_vs_stock --input-lens 32000 --num-prompts 6
   lap "ttft"
 fi
 stop_servers $P1 $P2 $P4

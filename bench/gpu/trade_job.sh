@@ -86,9 +86,7 @@ else
   lap "servers up"
   for run in "8001 defaults" "8005 tail0" "8003 candidate" "8004 floor"; do
     set -- $run
-    timeout 120 vllm-anchor bench --base-url http://127.0.0.1:$1 --compare-url http://127.0.0.1:8002 \
-      --labels anchor_$2,stock --tokenizer "$SMOLLM2" --input-lens 32K,131000 --num-prompts 8 --num-warmups 1 \
-      --output-len 16 --interleave --no-progress --result-dir $R --result-filename ttft_128k_$2_vs_stock 2>&1 | tail -4
+    ttft_vs_stock 120 $1 $2 ttft_128k_$2_vs_stock --input-lens 32K,131000 --num-prompts 8
     lap "ttft $2"
     anchor_metrics $1 $R/metrics_$2.txt
   done
