@@ -7,6 +7,10 @@ launch overhead and ``graph`` is GPU time. A torch.profiler pass lists every ker
 
   python bench/step_profile.py --tokens 131072 --heads 32 8 128 --out results/step_profile_llama.json
   python bench/step_profile.py --tokens 32768 --heads 9 3 64 --out results/step_profile_smollm2.json
+
+``--fa3`` also times vLLM's FlashAttention on the same call (the speed-up's baseline), and
+``--launch tail.BLOCK_N=64 ...`` overrides single launch options (bench/tuned.py) to time an
+earlier default beside the current one.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import paged_cache, synthetic_qkv, time_ms  # noqa: E402
+from kernels import fa3_prefill, paged_cache, synthetic_qkv, time_ms  # noqa: E402
 
 from vllm_anchor.kernels import AnchorConfig, new_workspace, plan_anchor_prefill  # noqa: E402
 from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step  # noqa: E402
@@ -61,8 +65,15 @@ def main(argv=None):
     ap.add_argument("--strong-frac", type=float, default=0.10)
     ap.add_argument("--gain", type=float, default=3.6)
     ap.add_argument("--sparse-rows", type=int, default=None, help="rows per sparse-step program")
+    ap.add_argument("--fa3", action="store_true", help="also time vLLM's FlashAttention (FA3) on the same call")
+    ap.add_argument("--launch", nargs="+", default=[], metavar="KERNEL.OPTION=VALUE",
+                    help="override single launch options (bench/tuned.py), e.g. tail.BLOCK_N=64")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    launch = {}
+    if a.launch:
+        import tuned
+        launch = tuned.override(a.launch)
     h, hkv, d = a.heads
     n = a.tokens
     q, k, v = synthetic_qkv(n, h, hkv, d, a.strong_frac, a.gain, seed=n)
@@ -81,12 +92,16 @@ def main(argv=None):
             fn()
     steps["total"] = whole
     res = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "tokens": n, "heads": a.heads,
-           "rows": plan.rows, "sparse_rows": plan.sparse_rows, "steps": {}}
+           "rows": plan.rows, "sparse_rows": plan.sparse_rows, "launch_overrides": launch, "steps": {}}
     for name, fn in steps.items():
         eager = time_ms(fn, budget_s=0.5)
         replay = graphed(fn)
         res["steps"][name] = {"eager_ms": eager, "graph_ms": time_ms(replay, budget_s=0.5)}
         print(name, res["steps"][name], flush=True)
+    if a.fa3:
+        res["fa3_ms"] = time_ms(lambda: fa3_prefill(q, kv, bt, n, d ** -0.5), budget_s=1.0)
+        res["speedup_eager"] = res["fa3_ms"] / res["steps"]["total"]["eager_ms"]
+        print(f"fa3 {res['fa3_ms']:.2f} ms, anchor path x{res['speedup_eager']:.2f} (eager)", flush=True)
     res["kernels_ms"] = kernel_times(whole)
     for name, ms in res["kernels_ms"].items():
         print(f"  {ms:9.4f} ms  {name[:100]}")

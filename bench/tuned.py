@@ -79,14 +79,14 @@ def apply(paths: list[str]) -> dict:
 
 def override(pairs: list[str]) -> dict:
     """Patch single launch options for every head size: ``["sparse.RESCALE_TAU=0", ...]``
-    (``KERNEL.OPTION=VALUE``, KERNEL one of anchor / sparse / scan). Used to time the previous
+    (``KERNEL.OPTION=VALUE``, KERNEL one of anchor / sparse / scan / tail). Used to time the previous
     default beside the current one in the same device call. Returns what was applied."""
     patch: dict = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
         kind, _, name = key.partition(".")
-        if kind not in ("anchor", "sparse", "scan") or not name or not value:
-            raise ValueError(f"--launch wants KERNEL.OPTION=VALUE with KERNEL anchor/sparse/scan, got {pair!r}")
+        if kind not in ("anchor", "sparse", "scan", "tail") or not name or not value:
+            raise ValueError(f"--launch wants KERNEL.OPTION=VALUE with KERNEL anchor/sparse/scan/tail, got {pair!r}")
         patch.setdefault(kind, {})[name] = json.loads(value.lower() if value in ("True", "False") else value)
     launch = api._launch_opts
 

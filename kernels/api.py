@@ -40,20 +40,28 @@ def _launch_opts(head_dim: int, device: torch.device) -> dict:
     """
     rescale = {"RESCALE_TAU": RESCALE_TAU}
     if device.type != "cuda":
-        return {"anchor": {"BLOCK_N": 16, **rescale}, "sparse": {"BLOCK_N": 16, **rescale}, "scan": {"BLOCK_N": 32}}
+        return {"anchor": {"BLOCK_N": 16, **rescale}, "sparse": {"BLOCK_N": 16, **rescale}, "scan": {"BLOCK_N": 32},
+                "tail": {"BLOCK_N": 32}}
+    # The tail-hits kernel scores one TAIL_BLOCK_TOKENS slice of keys in passes over the tail's
+    # query rows: with the whole slice as one key block, each pass loads its query rows once
+    # (with 64-key blocks, every pass reloaded them for every block). Its previous launch, the
+    # scan's options, stays reachable for A/B runs: --launch tail.BLOCK_N=64 tail.num_warps=4
+    # tail.num_stages=3.
+    tail = {"BLOCK_N": 256, "num_warps": 8, "num_stages": 1}
     if head_dim > 128:
         return {"anchor": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2, **rescale},
                 "sparse": {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2, **rescale},
-                "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
+                "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+                "tail": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
     if head_dim <= 64:  # bench/results/tune_smollm2_shape_{h200,rows_h100}.json (9 q / 3 kv heads, 32k)
         return {"anchor": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2, **rescale},
                 "sparse": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2, **rescale},
-                "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
+                "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, "tail": tail}
     # 256 rows per program (plan.default_rows), two warpgroups: bench/results/sparse_tiles_h100/
     # (32 q / 8 kv heads, 128k, 10% density: anchor 8.9 vs 9.5 ms, sparse 31.7 vs 34.7 ms at 128 rows)
     return {"anchor": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2, **rescale},
             "sparse": {"BLOCK_N": 128, "num_warps": 8, "num_stages": 3, **rescale},
-            "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
+            "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, "tail": tail}
 
 
 @dataclass
@@ -166,16 +174,15 @@ def run_stripe_step(call: _Call, ws: AnchorWorkspace) -> None:
         rows = max(16, triton.next_power_of_2(cfg.pools_per_group) * sel_pad)
         theta = cfg.theta * LOG2E if math.isfinite(cfg.theta) else cfg.theta
         consts = dict(NUM_HEADS=call.num_heads, KV_REP=call.rep, SEL_HEADS=call.sel_heads,
-                      SEL_HEADS_PAD=sel_pad, ROWS=rows, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d,
-                      **call.opts["scan"])
+                      SEL_HEADS_PAD=sel_pad, ROWS=rows, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d)
         if plan.num_tail_blocks:
             tail_hits_kernel[(plan.num_tail_blocks, call.num_sel)](
                 q, q.stride(0), q.stride(1), ws.m, *call.kv_args(), plan.items, plan.tail_blocks,
-                ws.tail_hits, ws.tail_hits.stride(0), call.qk_scale, theta, **consts)
-        stripe_scan_kernel[(plan.num_segments, call.num_sel)](
-            qbar, abar, *call.kv_args(), plan.items, plan.segments, ws.tail_hits,
+                ws.tail_hits, ws.tail_hits.stride(0), call.qk_scale, theta, **consts, **call.opts["tail"])
+        stripe_scan_kernel[(plan.num_scan_segments, call.num_sel)](
+            qbar, abar, *call.kv_args(), plan.items, plan.segments, plan.seg_twin, ws.tail_hits,
             ws.scratch, ws.scratch.stride(0), ws.seg_counts, call.num_sel,
-            call.qk_scale, theta, **consts)
+            call.qk_scale, theta, **consts, **call.opts["scan"])
     stripe_pack_kernel[(plan.num_items, call.num_sel)](
         plan.items, plan.segments, ws.scratch, ws.lists, ws.slots, ws.lists.stride(0), ws.seg_counts,
         ws.counts, call.num_sel, call.bt, call.bt.stride(0), call.page, BLOCK=1024 if call.q.is_cuda else 64)

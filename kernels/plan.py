@@ -13,7 +13,10 @@ partial group instead of a dense side path.
             chunk's last ``tail_tokens`` queries fall in the group (its other rows, then the
             tail's rows, whose list adds the columns the tail's queries keep one by one);
 * segments- fixed-size slices of an item's candidate range, so the stripe scan of late groups
-            (up to the whole context) is spread over many programs;
+            (up to the whole context) is spread over many programs. A group's tail item has
+            the same pooled queries and candidates as the group's other item, so its segments
+            are not scanned again: each of the other item's scan programs also writes the
+            matching tail segment (``seg_twin``), the pooled hits plus the tail's own;
 * tail blocks - short slices of the tail items' candidate ranges, one program each for the
             tail's one-by-one scoring (several passes over every key: short slices keep any
             one program from setting the step's time).
@@ -116,7 +119,8 @@ class AnchorPlan:
     tiles: torch.Tensor  # [n_tiles, 6] int32, the anchor step's tiles
     sparse_tiles: torch.Tensor  # [n_sparse_tiles, 6] int32 (the anchor's when sizes agree and no tail)
     items: torch.Tensor  # [n_items, ITEM_COLS] int32
-    segments: torch.Tensor  # [n_segs, 4] int32
+    segments: torch.Tensor  # [n_segs, 4] int32: the scanned ones first, then the twins
+    seg_twin: torch.Tensor  # [n_scan_segs] int32: the tail segment a scan program also fills, or -1
     tail_blocks: torch.Tensor  # [n_tail_blocks, 4] int32, the tail items' slices (segment columns)
     pool_rows: torch.Tensor  # [n_pools] float32, rows present in each pooling block
     tile_pool_next: torch.Tensor  # [n_tiles] int64, pooling block of its tokens past a pool edge
@@ -144,6 +148,11 @@ class AnchorPlan:
     @property
     def num_segments(self) -> int:
         return self.segments.shape[0]
+
+    @property
+    def num_scan_segments(self) -> int:
+        """Segments with a scan program of their own (the twins are written by their partner's)."""
+        return self.seg_twin.shape[0]
 
     @property
     def num_tail_blocks(self) -> int:
@@ -186,6 +195,9 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
     G, b = cfg.group_size, cfg.pool_block
     tiles, items, segs, pool_rows, tile_pool, tile_pool_next, item_q = [], [], [], [], [], [], []
+    # twin_segs: the tail items' segments that their group's other item's scan writes (seg_twin
+    # holds their index there, -1 for none); they follow the scanned segments in the table
+    twin_segs, seg_twin, twin_items = [], [], []
     # the tail items' sparse tiles go first: a tail list can be far longer than its group's
     # pooled one (one query keeps more columns than a block mean), and started last such a
     # tile would run alone at the end of the launch
@@ -218,13 +230,22 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
             # list, so the columns only the tail wants cost nothing for the rest of the group.
             tail_lo = min(g_hi, max(g_lo, seq_len - cfg.tail_tokens))
             owners = [o for o in ((g_lo, tail_lo, 0), (tail_lo, g_hi, g_hi - tail_lo)) if o[1] > o[0]]
-            for o_lo, o_hi, n_tail in owners:
+            for owner, (o_lo, o_hi, n_tail) in enumerate(owners):
                 item = len(items)
-                seg0 = len(segs)
-                for lo in range(cfg.sink_tokens, cand_end, segment_tokens):
-                    segs.append((item, lo, min(lo + segment_tokens, cand_end), list_off + lo - cfg.sink_tokens))
-                items.append((s, cand_end, list_off, pool0, len(pool_rows) - pool0, seg0, len(segs) - seg0,
-                              qsl[s] + o_lo - start if n_tail else 0, n_tail))
+                own = [(item, lo, min(lo + segment_tokens, cand_end), list_off + lo - cfg.sink_tokens)
+                       for lo in range(cfg.sink_tokens, cand_end, segment_tokens)]
+                if owner == 0:  # scanned by programs of its own
+                    seg0 = main_seg0 = len(segs)
+                    segs += own
+                    seg_twin += [-1] * len(own)
+                else:  # the group's tail after other rows: written by the first owner's programs
+                    seg0 = len(twin_segs)
+                    for k in range(len(own)):
+                        seg_twin[main_seg0 + k] = len(twin_segs) + k
+                    twin_segs += own
+                    twin_items.append(item)
+                items.append([s, cand_end, list_off, pool0, len(pool_rows) - pool0, seg0, len(own),
+                              qsl[s] + o_lo - start if n_tail else 0, n_tail])
                 item_q.append(o_hi - o_lo)
                 if n_tail:
                     for lo in range(cfg.sink_tokens, cand_end, TAIL_BLOCK_TOKENS):
@@ -235,6 +256,12 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
                     for t_lo, t_hi in _group_tiles(g, o_lo, o_hi, G, sparse_tile_m):
                         (tail_sparse_tiles if n_tail else sparse_tiles).append(
                             (s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item, pool0 + t_lo // b - g_lo // b))
+
+    n_scan = len(segs)
+    segs += twin_segs
+    seg_twin = [n_scan + t if t >= 0 else -1 for t in seg_twin]
+    for item in twin_items:
+        items[item][ITEM_SEG0] += n_scan
 
     def table(rows, width):
         return torch.tensor(rows, dtype=torch.int32).reshape(-1, width)
@@ -256,6 +283,7 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         segment_tokens=segment_tokens, num_tokens=qsl[-1],
         tiles=tiles_dev, sparse_tiles=to(table(tail_sparse_tiles + sparse_tiles, 6)) if split_sparse else tiles_dev,
         items=to(items_cpu), segments=to(table(segs, 4)), tail_blocks=to(table(tail_blocks, 4)),
+        seg_twin=to(torch.tensor(seg_twin, dtype=torch.int32)),
         pool_rows=to(torch.tensor(pool_rows, dtype=torch.float32)),
         tile_pool_next=to(torch.tensor(tile_pool_next, dtype=torch.int64)),
         pool_tiles=to(table(pool_tiles, 2)),

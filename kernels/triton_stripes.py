@@ -11,7 +11,10 @@ pooled anchors, scores every key of its segment, keeps column ``j`` when any row
 ``qbar . k_j * scale >= abar - theta`` (log2 units) and appends the kept positions, in order,
 to the segment's slice of a scratch list (compaction by prefix sum inside the tile). For an
 item that lists a chunk's last ``tail_tokens`` queries, the columns those queries keep one by
-one (tail hits, below) join before the compaction.
+one (tail hits, below) join before the compaction. Where a group has both (its other rows, then
+the tail), the tail item shares the group's pooled queries and candidates: the other item's
+program also compacts the pooled hits ORed with the tail hits into the tail item's matching
+segment (its twin), so no key is loaded or scored twice.
 
 Tail hits: one program per (short slice of a tail item's candidates, selector head) scores the
 tail's queries one by one against their own anchors (the same test, unpooled), in passes of as
@@ -90,7 +93,7 @@ def stripe_scan_kernel(
     QBAR, ABAR,                       # [n_pools, H, BLOCK_D] fp32, [n_pools, H] fp32 (log2)
     KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
     BT, stride_bt,
-    ITEMS, SEGS,
+    ITEMS, SEGS, SEG_TWIN,            # SEG_TWIN[seg]: the tail segment this program also fills, or -1
     TAIL_HITS,                        # int8, laid out like SCRATCH: the tail items' tail hits
     SCRATCH, stride_list_head, SEG_COUNTS, NUM_SEL,
     qk_scale, theta_log2,
@@ -121,20 +124,34 @@ def stripe_scan_kernel(
     head_off = ((hs * SEL_HEADS) // KV_REP) * stride_kv_head
     dst = SCRATCH + hs.to(tl.int64) * stride_list_head + out_off
     tail_src = TAIL_HITS + hs.to(tl.int64) * stride_list_head + out_off
+    twin = tl.load(SEG_TWIN + seg)
+    has_twin = twin >= 0
+    twin_off = tl.load(SEGS + tl.maximum(twin, 0) * 4 + SEG_OFF)
+    twin_dst = SCRATCH + hs.to(tl.int64) * stride_list_head + twin_off
+    twin_src = TAIL_HITS + hs.to(tl.int64) * stride_list_head + twin_off
     offs_n = tl.arange(0, BLOCK_N)
     count = 0
+    twin_count = 0
     for j0 in range(lo, hi, BLOCK_N):
         j, valid, k = _key_block(KV, bt_row, j0, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok, head_off,
                                  HEAD_DIM)
         s = tl.dot(qbar, tl.trans(k)) * qk_scale
-        hit = tl.max((s >= thr[:, None]).to(tl.int32), 0)
-        hit = tl.maximum(hit, tl.load(tail_src + (j - lo), mask=valid & has_tail, other=0).to(tl.int32))
+        pooled = tl.max((s >= thr[:, None]).to(tl.int32), 0)
+        hit = tl.maximum(pooled, tl.load(tail_src + (j - lo), mask=valid & has_tail, other=0).to(tl.int32))
         keep = (hit > 0) & valid
         keep_i = keep.to(tl.int32)
         slot = tl.cumsum(keep_i, 0) - keep_i
         tl.store(dst + count + slot, j, mask=keep)
         count += tl.sum(keep_i, 0)
+        if has_twin:
+            t_hit = tl.maximum(pooled, tl.load(twin_src + (j - lo), mask=valid, other=0).to(tl.int32))
+            t_keep = (t_hit > 0) & valid
+            t_keep_i = t_keep.to(tl.int32)
+            t_slot = tl.cumsum(t_keep_i, 0) - t_keep_i
+            tl.store(twin_dst + twin_count + t_slot, j, mask=t_keep)
+            twin_count += tl.sum(t_keep_i, 0)
     tl.store(SEG_COUNTS + seg * NUM_SEL + hs, count)
+    tl.store(SEG_COUNTS + tl.maximum(twin, 0) * NUM_SEL + hs, twin_count, mask=has_twin)
 
 
 @triton.jit

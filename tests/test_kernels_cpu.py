@@ -10,7 +10,7 @@ from paged_case import (assert_close_per_sequence, item_owners, make_case, plant
                         stripe_lists)
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill
 from vllm_anchor.kernels import reference as R
-from vllm_anchor.kernels.plan import ITEM_NTAIL
+from vllm_anchor.kernels.plan import ITEM_NSEG, ITEM_NTAIL, ITEM_POOL0, ITEM_SEG0
 from vllm_anchor.kernels.api import (_Call, pooled_queries, run_anchor_step, run_sparse_step, run_stripe_step,
                                      set_stripe_lists)
 
@@ -340,6 +340,32 @@ def test_plan_tail_owners_blocks_and_tile_order():
         assert (pos0 >= tail_lo) == (items[item][ITEM_NTAIL] > 0) and (pos0 + n - 1 >= tail_lo) == (pos0 >= tail_lo)
         seen[row0:row0 + n] += 1
     assert (seen == 1).all()
+
+
+def test_plan_tail_segments_are_written_by_their_groups_scan():
+    """A tail item that shares its group with other rows gets no scan programs: each segment of
+    the group's other item names the tail's segment over the same keys (its twin). Every item's
+    segments stay one contiguous run covering its candidates, for the pack step."""
+    cfg = small_cfg(tail_tokens=20)
+    qsl, sls = [0, 150, 151, 160, 260], [150, 300, 9, 140]
+    plan = plan_anchor_prefill(qsl, sls, cfg, 6, 2, 16, "cpu", segment_tokens=32)
+    items, segs, twin = plan.items_cpu.tolist(), plan.segments.tolist(), plan.seg_twin.tolist()
+    n_scan = plan.num_scan_segments
+    assert n_scan < plan.num_segments
+    for i, it in enumerate(items):
+        seg0, nseg = it[ITEM_SEG0], it[ITEM_NSEG]
+        spans = [(lo, hi) for item, lo, hi, _ in segs[seg0:seg0 + nseg] if item == i]
+        assert len(spans) == nseg
+        edges = [cfg.sink_tokens] + [hi for _, hi in spans]
+        assert [lo for lo, _ in spans] == edges[:-1] and edges[-1] == max(it[1], cfg.sink_tokens)
+        assert (seg0 >= n_scan) == (nseg > 0 and i > 0 and it[ITEM_NTAIL] > 0 and items[i - 1][ITEM_NTAIL] == 0
+                                    and items[i - 1][ITEM_POOL0] == it[ITEM_POOL0])
+    written = [t for t in twin if t >= 0]
+    assert sorted(written) == list(range(n_scan, plan.num_segments))
+    for s, t in enumerate(twin):
+        if t >= 0:
+            main, tail = segs[s], segs[t]
+            assert main[1:3] == tail[1:3] and items[tail[0]][ITEM_NTAIL] > 0 and items[main[0]][ITEM_NTAIL] == 0
 
 
 @pytest.mark.parametrize("heads,rows", [((6, 2), 32), ((10, 2), 32)], ids=["gqa3-r32", "gqa5-r32"])
