@@ -37,7 +37,8 @@ from kernels import fa3_prefill, paged_cache, synthetic_qkv, time_ms  # noqa: E4
 from step_profile import kernel_times  # noqa: E402
 
 from vllm_anchor.kernels import AnchorConfig, plan_anchor_prefill  # noqa: E402
-from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_sparse_step, run_stripe_step  # noqa: E402
+from vllm_anchor.kernels.api import (_Call, new_workspace, run_anchor_step, run_sparse_step,  # noqa: E402
+                                     run_stripe_step)
 from vllm_anchor.kernels.plan import stripe_density_parts  # noqa: E402
 from vllm_anchor.routing import DeferredDensity  # noqa: E402
 
@@ -74,7 +75,11 @@ def walk_chunk(layer, layers: int) -> tuple[float, float]:
 
 
 def summarize(chunks: list[dict], layers: int) -> dict:
-    """Totals over the prompt: stock attention, the anchor path, host time and plans (ms)."""
+    """Totals over the prompt: stock attention, the anchor path, host time and plans (ms).
+
+    ``launch_gap_ms`` is the walks' GPU time less ``layers`` times one call timed alone: positive
+    when calls issued back to back leave the GPU idle between them, negative when each call's own
+    launch latency (counted in the single-call time) hides behind the previous call's kernels."""
     tot = {k: sum(c[k] for c in chunks) for k in ("plan_ms", "fa3_ms", "anchor_ms", "walk_gpu_ms", "walk_host_ms")}
     return {"fa3_all_layers_ms": tot["fa3_ms"] * layers, "anchor_all_layers_ms": tot["anchor_ms"] * layers,
             "walk_gpu_ms": tot["walk_gpu_ms"], "walk_host_ms": tot["walk_host_ms"], "plan_ms": tot["plan_ms"],
@@ -120,7 +125,8 @@ def main(argv=None):
         if a.profile:
             row["kernels_ms"] = kernel_times(layer, runs=3)
         res["chunks"].append(row)
-        print(f"[{start:>6}, {end:>6}) plan {plan_ms:5.2f} ms  fa3 {row['fa3_ms']:7.3f}  anchor {row['anchor_ms']:7.3f}  "
+        print(f"[{start:>6}, {end:>6}) plan {plan_ms:5.2f} ms  fa3 {row['fa3_ms']:7.3f}  "
+              f"anchor {row['anchor_ms']:7.3f}  "
               f"x{a.layers}: gpu {row['walk_gpu_ms']:8.2f} host {row['walk_host_ms']:8.2f}", flush=True)
         for name, ms in row.get("kernels_ms", {}).items():
             print(f"      {ms:8.4f} ms  {name[:90]}")

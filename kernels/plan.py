@@ -104,6 +104,24 @@ def _group_tiles(g: int, g_lo: int, g_hi: int, group_size: int, tile_m: int):
         yield max(t0, g_lo), min(t0 + tile_m, g_hi)
 
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` on ``device`` without making the host wait for the GPU.
+
+    vLLM builds the next step's metadata (and so this plan) while the GPU still runs the current
+    step (async scheduling). A copy from pageable host memory may wait for the stream's earlier
+    work (CUDA stages it through pinned memory and may synchronize to do so), which would stop
+    the host until the current step ends. A pinned copy is asynchronous; PyTorch's pinned-memory
+    cache keeps the block until the copy has run.
+    """
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    try:
+        t = t.pin_memory()
+    except RuntimeError:  # no pinned memory here (e.g. WSL): the plain copy
+        pass
+    return t.to(device, non_blocking=True)
+
+
 @dataclass
 class AnchorPlan:
     cfg: AnchorConfig
@@ -275,7 +293,7 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
             pool_tiles[p][1] += 1
 
     items_cpu = table(items, ITEM_COLS)
-    to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    to = lambda t: to_device(t, device)  # noqa: E731
     tiles_dev = to(table(tiles, 6))
     return AnchorPlan(
         cfg=cfg, rows=rows, tile_m=tile_m, sparse_rows=sparse_rows, sparse_tile_m=sparse_tile_m,

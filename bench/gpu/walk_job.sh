@@ -11,6 +11,8 @@
 #     chunks, 30 layers per chunk, the floor (theta -1000) and the defaults: anchor path vs FA3
 #     per chunk, host time of issuing the layers vs their GPU time.
 # Results go straight to $OUT/walk/, so a call cut short still brings back what finished.
+# Ran on an H100 80GB HBM3 at 0093f08 in 161 s (bench/results/lease20_h100/walk/; the floor walk's
+# JSON did not come back, its log did).
 # Usage on the GPU host: bash bench/gpu/walk_job.sh
 source bench/gpu/setup.sh
 cd /tmp
