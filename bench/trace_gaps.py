@@ -1,7 +1,7 @@
 """Where a served request's GPU sits idle: idle gaps of a torch profiler trace and what the host did.
 
 The 128k floor (no stripes kept) served in 709 ms where the kernels it runs, walked chunk by
-chunk outside vLLM (bench/prefill_walk.py), predict about 400 ms: roughly 36 ms per 16k-token step
+chunk outside vLLM (bench/prefill_walk.py), predict about 443 ms: roughly 33 ms per 16k-token step
 go somewhere in the serving path. vLLM's own profiler (``--profiler-config`` with
 ``"profiler": "torch"``, then ``POST /start_profile`` / ``/stop_profile``) records every kernel and
 every CUDA runtime call of the worker. This reads such a trace (``.json`` or ``.json.gz``) and

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# GPU job 22 (one H100, one call, about 5 min): where the served 128k floor loses ~36 ms per step.
+# GPU job 22 (one H100, one call, about 5 min): where the served 128k floor loses ~33 ms per step.
 # bench/prefill_walk.py (job 21) put the anchor path's kernels at 145 ms for a 131072-token
 # prompt in 16k chunks (SmolLM2's shape) against FA3's 1253 ms, which predicts a floor TTFT near
-# 400 ms; the server measured 709 ms (stock 1505). Here vLLM's own torch profiler records the
+# 443 ms; the server measured 709 ms (stock 1550 in that run). Here vLLM's own torch profiler records the
 # worker while each server prefills one 131000-token prompt, after one unprofiled warm-up prompt:
 #   stock FLASH_ATTN (8002), the floor (8004: theta -1000, every chunk anchored, no guard), the
 #   defaults (8001); bench/trace_gaps.py then lists each trace's GPU idle gaps, the host calls
