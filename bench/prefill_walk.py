@@ -37,8 +37,8 @@ from kernels import fa3_prefill, paged_cache, synthetic_qkv, time_ms  # noqa: E4
 from step_profile import kernel_times  # noqa: E402
 
 from vllm_anchor.kernels import AnchorConfig, plan_anchor_prefill  # noqa: E402
-from vllm_anchor.kernels.api import (_Call, new_workspace, run_anchor_step, run_sparse_step,  # noqa: E402
-                                     run_stripe_step)
+from vllm_anchor.kernels.api import (_Call, run_anchor_step, run_sparse_step, run_stripe_step,  # noqa: E402
+                                     shared_workspace)
 from vllm_anchor.kernels.plan import stripe_density_parts  # noqa: E402
 from vllm_anchor.routing import DeferredDensity  # noqa: E402
 
@@ -50,10 +50,11 @@ def chunk_spans(tokens: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk, tokens)) for s in range(0, tokens, chunk)]
 
 
-def backend_layer(q, kv, bt, plan, scale, out, density: DeferredDensity):
-    """What ``AnchorImpl.forward`` does on the GPU for one layer of an all-anchor batch."""
+def backend_layer(q, kv, bt, plan, scale, out, density: DeferredDensity, workspaces: dict):
+    """What ``AnchorImpl.forward`` does on the GPU for one layer of an all-anchor batch
+    (``workspaces``: the step's, shared by its layers, as the backend's metadata holds it)."""
     call = _Call(q, kv, bt, plan, scale)
-    ws = new_workspace(call)
+    ws = shared_workspace(workspaces, call)
     run_anchor_step(call, ws)
     run_stripe_step(call, ws)
     density.start(*stripe_density_parts(plan, ws.counts))
@@ -114,8 +115,10 @@ def main(argv=None):
         plan = plan_anchor_prefill([0, end - start], [end], cfg, h, hkv, d, "cuda")
         plan_ms = (time.perf_counter() - t0) * 1e3
 
+        workspaces: dict = {}
+
         def layer():
-            backend_layer(qc, kv, bt, plan, scale, out, density)
+            backend_layer(qc, kv, bt, plan, scale, out, density, workspaces)
 
         row = {"start": start, "end": end, "plan_ms": plan_ms,
                "fa3_ms": time_ms(lambda: fa3_prefill(qc, kv, bt, end, scale), budget_s=0.3),

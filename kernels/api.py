@@ -138,6 +138,23 @@ def new_workspace(call: _Call) -> AnchorWorkspace:
     )
 
 
+def shared_workspace(cache: dict, call: _Call) -> AnchorWorkspace:
+    """A workspace from ``cache`` for this call's shape, made by the first call that needs it.
+
+    For the layers of one step, which share a plan and so every buffer shape: they run one
+    after another on one stream, so a layer's kernels overwrite the previous layer's buffers
+    only after that layer's kernels have read them, and each step rewrites every entry it
+    reads. One allocation per step instead of eleven per layer call (host time: the anchor
+    path is host-bound on short contexts, bench/results/lease20_h100/walk/). The cache must not
+    outlive its plan.
+    """
+    key = (call.num_heads, call.num_sel, call.block_d, call.q.device)
+    ws = cache.get(key)
+    if ws is None:
+        ws = cache[key] = new_workspace(call)
+    return ws
+
+
 def run_anchor_step(call: _Call, ws: AnchorWorkspace) -> None:
     q, cfg, plan = call.q, call.cfg, call.plan
     if plan.num_tiles == 0:

@@ -24,6 +24,7 @@ partial group instead of a dense side path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -176,6 +177,13 @@ class AnchorPlan:
     def num_tail_blocks(self) -> int:
         return self.tail_blocks.shape[0]
 
+    @cached_property
+    def candidate_pairs(self) -> float:
+        """(query, candidate key) pairs of the chunk for one selector head: the density's
+        denominator, computed once per plan rather than once per layer call."""
+        cand = (self.items_cpu[:, 1] - self.cfg.sink_tokens).to(torch.float64)
+        return float((cand * self.item_queries_cpu.to(torch.float64)).sum())
+
 
 def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: torch.Tensor | list[int],
                         cfg: AnchorConfig, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -315,9 +323,7 @@ def stripe_density_parts(plan: AnchorPlan, counts: torch.Tensor) -> tuple[torch.
     """``(selected, candidates)``: the chunk's selected (query, key) pairs, all selector heads
     together, as a 0-dim float64 tensor on ``counts``' device (no synchronization), and its
     candidate pairs, a host number. The density is their ratio (0 without candidates)."""
-    cand = (plan.items_cpu[:, 1] - plan.cfg.sink_tokens).to(torch.float64)
-    q = plan.item_queries_cpu.to(torch.float64)
-    total = float((cand * q).sum()) * counts.shape[1]
+    total = plan.candidate_pairs * counts.shape[1]
     return (counts.to(torch.float64).sum(1) * plan.item_queries.to(counts.device)).sum(), total
 
 

@@ -34,8 +34,10 @@ def test_backend_layer_equals_anchor_prefill_and_queues_the_density():
     want = anchor_prefill(case.q, case.kv_cache, case.block_table, plan, case.scale)
     out = torch.full_like(case.q, float("nan"))
     density = DeferredDensity()
-    walk.backend_layer(case.q, case.kv_cache, case.block_table, plan, case.scale, out, density)
+    workspaces = {}
+    walk.backend_layer(case.q, case.kv_cache, case.block_table, plan, case.scale, out, density, workspaces)
     torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert len(workspaces) == 1
     measured = density.take()
     assert measured is not None and 0.0 < measured < 1.0
 

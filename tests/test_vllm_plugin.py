@@ -382,6 +382,45 @@ def test_backend_forward_runs_sparse_then_follows_the_late_density(monkeypatch):
         STATS.auto_flush = True
 
 
+def test_backend_layers_of_a_step_share_one_workspace(monkeypatch):
+    """Two layers of one step (one metadata object, different queries): each output equals its
+    own reference though the second layer reuses the buffers the first one filled."""
+    import sys
+    from dataclasses import replace
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from paged_case import make_case
+
+    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.kernels import reference as R
+    from vllm_anchor.stats import STATS
+
+    cfg = AnchorConfig(theta=2.0, sink_tokens=8, local_tokens=8, group_size=64, pool_block=16, tail_tokens=8)
+    first = make_case([(40, 120)], 4, 2, 16, dtype=torch.float32, seed=3, strong_frac=0.2, strong_gain=1.6)
+    other = make_case([(40, 120)], 4, 2, 16, dtype=torch.float32, seed=4, strong_frac=0.2, strong_gain=1.6)
+    # the next layer: its own Q and K/V, in the same pages (one block table per step)
+    second = replace(first, q=other.q, kv_cache=torch.randn_like(first.kv_cache))
+    cases = [first, second]
+    plan = plan_anchor_prefill(cases[0].query_start_loc, cases[0].seq_lens, cfg, 4, 2, 16, "cpu")
+    md = AnchorMetadata(fa="whole-batch FA metadata", fa_head=None,
+                        anchor=AnchorPrefillMetadata(plan, cases[0].block_table, 0, cases[0].q.shape[0]))
+    STATS.auto_flush = False
+    try:
+        for i, case in enumerate(cases):  # same lengths and block table, other Q/K/V: another layer
+            impl = AnchorImpl(4, 16, case.scale, 2, None, None, "auto")
+            impl.settings = AnchorSettings(kernel=cfg, density_guard=1.0)
+            impl._guard = DensityGuard(threshold=1.0)
+            layer = type("Layer", (), {"layer_name": f"model.layers.{i}.self_attn.attn"})()
+            out = torch.full_like(case.q, float("nan"))
+            impl.forward(layer, case.q, None, None, case.kv_cache, md, out)
+            k, v = case.seq_kv(0)
+            ref, _ = R.anchor_attention(case.q.float(), k, v, case.q_start(0), case.scale, cfg)
+            assert R.relative_error(out, ref) < 1e-4
+            assert len(md.anchor.workspaces) == 1
+    finally:
+        STATS.reset()
+        STATS.auto_flush = True
+
+
 def _counts(case, plan, cfg):
     from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_stripe_step
     call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)

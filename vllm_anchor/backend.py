@@ -17,7 +17,7 @@ anchor path may branch on the host; the decode-only path taken at graph capture 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -28,7 +28,8 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
 from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, stripe_density, warm_up
-from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_sparse_step, run_stripe_step
+from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, run_anchor_step, run_sparse_step, run_stripe_step,
+                                     shared_workspace)
 from vllm_anchor.kernels.plan import stripe_density_parts
 
 from .routing import DeferredDensity, DensityGuard, first_anchor_request, slice_requests
@@ -44,6 +45,11 @@ class AnchorPrefillMetadata:
     block_table: torch.Tensor  # [num_anchor_reqs, max_blocks]
     token_start: int  # first anchor token in the batch
     token_end: int
+    workspaces: dict = field(default_factory=dict)  # per layer shape, shared by the step's layers
+
+    def workspace(self, call: _Call) -> AnchorWorkspace:
+        """The step's workspace for this layer shape (``kernels.api.shared_workspace``)."""
+        return shared_workspace(self.workspaces, call)
 
 
 @dataclass
@@ -217,7 +223,7 @@ class AnchorImpl(FlashAttentionImpl):
         a = md.anchor
         rows = slice(a.token_start, a.token_end)
         call = _Call(query[rows], kv_cache, a.block_table, a.plan, self.scale)
-        ws = new_workspace(call)
+        ws = a.workspace(call)
         run_anchor_step(call, ws)
         run_stripe_step(call, ws)
         if self._measure_and_record(name, a.plan, ws):
