@@ -171,20 +171,16 @@ def stripe_scan_kernel(
     twin_dst = SCRATCH + hs.to(tl.int64) * stride_list_head + twin_off
     twin_src = TAIL_HITS + hs.to(tl.int64) * stride_list_head + twin_off
     offs_n = tl.arange(0, BLOCK_N)
+    tail_loop = (has_tail | has_twin) | (not PLAIN_FAST_PATH)
     # (argument lists spelled out, not unpacked from a tuple: the plainest call form to compile)
-    if PLAIN_FAST_PATH:
-        if has_tail | has_twin:
-            count, twin_count = _scan_keys(KV, bt_row, lo, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok,
-                                           head_off, qbar, thr, qk_scale, dst, tail_src, has_tail, twin_dst,
-                                           twin_src, has_twin, HEAD_DIM, BLOCK_N, True)
-        else:
-            count, twin_count = _scan_keys(KV, bt_row, lo, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok,
-                                           head_off, qbar, thr, qk_scale, dst, tail_src, has_tail, twin_dst,
-                                           twin_src, has_twin, HEAD_DIM, BLOCK_N, False)
-    else:
+    if tail_loop:
         count, twin_count = _scan_keys(KV, bt_row, lo, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok,
                                        head_off, qbar, thr, qk_scale, dst, tail_src, has_tail, twin_dst,
                                        twin_src, has_twin, HEAD_DIM, BLOCK_N, True)
+    else:
+        count, twin_count = _scan_keys(KV, bt_row, lo, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok,
+                                       head_off, qbar, thr, qk_scale, dst, tail_src, has_tail, twin_dst,
+                                       twin_src, has_twin, HEAD_DIM, BLOCK_N, False)
     tl.store(SEG_COUNTS + seg * NUM_SEL + hs, count)
     tl.store(SEG_COUNTS + tl.maximum(twin, 0) * NUM_SEL + hs, twin_count, mask=has_twin)
 

@@ -17,19 +17,10 @@ echo "== $GPU_NAME"; date
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" > "$R/gpu_tests.log" 2>&1
 tail -3 "$R/gpu_tests.log"
 lap "gpu tests"
-# step_profile NAME [KERNEL.OPTION=VALUE...]: the Llama shape at 128k, FA3 beside it
-step_profile() {
-  local name=$1 launch=(); shift
-  [ $# -gt 0 ] && launch=(--launch "$@")
-  timeout 45 python3 "$REPO/bench/step_profile.py" --tokens 131072 --heads 32 8 128 --fa3 "${launch[@]}" \
-    --out "$R/step_profile_llama_128k_$name.json" > "$R/step_profile_$name.log" 2>&1
-  grep "total\|fa3\|scan\|tail_hits" "$R/step_profile_$name.log" | cut -c1-120
-  lap "step profile ($name)"
-}
-step_profile fast1
-step_profile slow1 scan.PLAIN_FAST_PATH=False
-step_profile fast2
-step_profile slow2 scan.PLAIN_FAST_PATH=False
+step_profile_128k fast1
+step_profile_128k slow1 scan.PLAIN_FAST_PATH=False
+step_profile_128k fast2
+step_profile_128k slow2 scan.PLAIN_FAST_PATH=False
 timeout 200 python3 "$REPO/bench/kernels.py" smollm2 --model "$SMOLLM2" --lengths 32768 --thetas 9 10 12 \
   --steps --budget 0.08 --sweep base tail_tokens=0 group_size=1024 group_size=1024,tail_tokens=0 \
   --out "$R/sweep_scan.json" > "$R/sweep_scan.log" 2>&1

@@ -91,6 +91,18 @@ ttft_vs_stock() {
     --no-progress --result-dir $R --result-filename "$name" "$@" 2>&1 | tail -4
 }
 
+# step_profile_128k NAME [KERNEL.OPTION=VALUE...]: bench/step_profile.py on the Llama shape at 128k
+# with FA3 beside it and the launch overrides given; $R/step_profile_llama_128k_NAME.json and
+# $R/step_profile_NAME.log; prints the steps, FA3 and the per-kernel times.
+step_profile_128k() {
+  local name=$1 launch=(); shift
+  [ $# -gt 0 ] && launch=(--launch "$@")
+  timeout 45 python3 "$REPO/bench/step_profile.py" --tokens 131072 --heads 32 8 128 --fa3 "${launch[@]}" \
+    --out "$R/step_profile_llama_128k_$name.json" > "$R/step_profile_$name.log" 2>&1
+  grep -v -i "warn" "$R/step_profile_$name.log" | cut -c1-120 | head -16
+  lap "step profile ($name)"
+}
+
 # anchor_metrics PORT FILE: the server's vllm_anchor_* /metrics lines into FILE, and one line with
 # its anchor layer calls and dense fallbacks summed over layers.
 anchor_metrics() {

@@ -12,7 +12,8 @@
 #     per chunk, host time of issuing the layers vs their GPU time.
 # Results go straight to $OUT/walk/, so a call cut short still brings back what finished.
 # Ran on an H100 80GB HBM3 at 0093f08 in 161 s (bench/results/lease20_h100/walk/; the floor walk's
-# JSON did not come back, its log did).
+# JSON did not come back, its log did). Its step-profile logs were step_profile_{new,before}.log; the
+# shared helper (setup.sh step_profile_128k) now names them step_profile_tail_launch_{new,before}.log.
 # Usage on the GPU host: bash bench/gpu/walk_job.sh
 source bench/gpu/setup.sh
 cd /tmp
@@ -21,15 +22,6 @@ echo "== $GPU_NAME"; date
 timeout 110 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu/test_kernels_gpu.py" \
   -k "(theta_inf_equals_dense and bf16) or partial_selection or tail" 2>&1 | tee "$R/gpu_tests.log" | tail -3
 lap "gpu tests"
-# step_profile NAME [KERNEL.OPTION=VALUE...]: the Llama shape at 128k, FA3 beside it
-step_profile() {
-  local name=$1 launch=(); shift
-  [ $# -gt 0 ] && launch=(--launch "$@")
-  timeout 45 python3 "$REPO/bench/step_profile.py" --tokens 131072 --heads 32 8 128 --fa3 "${launch[@]}" \
-    --out "$R/step_profile_llama_128k_tail_launch_$name.json" > "$R/step_profile_$name.log" 2>&1
-  cut -c1-120 "$R/step_profile_$name.log" | head -16
-  lap "step profile ($name)"
-}
 # walk NAME CONFIG [--profile]: SmolLM2's shape, 131072 tokens in 16k chunks, 30 layers per chunk
 walk() {
   timeout 60 python3 "$REPO/bench/prefill_walk.py" --tokens 131072 --chunk 16384 --heads 9 3 64 --layers 30 \
@@ -38,8 +30,8 @@ walk() {
   lap "walk ($1)"
 }
 # most needed first: the call may be cut short by the device budget
-step_profile new
+step_profile_128k tail_launch_new
 walk floor '{"theta": -1000}' --profile
-step_profile before tail.BLOCK_N=64 tail.num_warps=4 tail.num_stages=3
+step_profile_128k tail_launch_before tail.BLOCK_N=64 tail.num_warps=4 tail.num_stages=3
 walk defaults '{}'
 date
