@@ -1,13 +1,13 @@
 """Per-layer sparsity statistics, cheap enough to leave on.
 
 Workers update a module-level :data:`STATS` once per layer per long prefill, and once more when
-that call's stripe density reaches the host (a call later, for the density guard), and flush it, at most once a second, to a small JSON file
-in ``$VLLM_ANCHOR_STATS_DIR``: a one-shot timer thread writes the file a second after the first
-unflushed update, so the last request's counts show up even when no other request follows. The
-process that loaded the plugin first (the API server, or the ``LLM`` process) creates that folder
-(or the one the user named) before vLLM starts its engine, so every engine and worker process
-inherits the variable; the API server's Prometheus collector reads the files at each scrape of
-``/metrics`` (see :mod:`vllm_anchor.metrics`).
+that call's stripe density reaches the host (a call later, for the density guard), and flush it,
+at most once a second, to a small JSON file in ``$VLLM_ANCHOR_STATS_DIR``: a one-shot timer
+thread writes the file a second after the first unflushed update, so the last request's counts
+show up even when no other request follows. The process that loaded the plugin first (the API
+server, or the ``LLM`` process) creates that folder (or the one the user named) before vLLM starts
+its engine, so every engine and worker process inherits the variable; the API server's Prometheus
+collector reads the files at each scrape of ``/metrics`` (see :mod:`vllm_anchor.metrics`).
 """
 from __future__ import annotations
 
