@@ -89,41 +89,6 @@ def _key_block(KV, bt_row, j0, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_t
 
 
 @triton.jit
-def _scan_keys(KV, bt_row, lo, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok, head_off, qbar, thr, qk_scale,
-               dst, tail_src, has_tail, twin_dst, twin_src, has_twin,
-               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, WITH_TAIL: tl.constexpr):
-    """Score keys ``[lo, hi)`` against the pooled rows and compact the kept positions into ``dst``
-    (and, for a segment with a twin, the pooled ORed with the tail's hits into ``twin_dst``).
-    Returns ``(count, twin_count)``. ``WITH_TAIL`` False compiles the plain loop, without the
-    per-block tail and twin work that only the tail's segments need."""
-    count = tl.full([], 0, tl.int32)
-    twin_count = tl.full([], 0, tl.int32)
-    for j0 in range(lo, hi, BLOCK_N):
-        j, valid, k = _key_block(KV, bt_row, j0, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok, head_off,
-                                 HEAD_DIM)
-        s = tl.dot(qbar, tl.trans(k)) * qk_scale
-        pooled = tl.max((s >= thr[:, None]).to(tl.int32), 0)
-        if WITH_TAIL:
-            hit = tl.maximum(pooled, tl.load(tail_src + (j - lo), mask=valid & has_tail, other=0).to(tl.int32))
-        else:
-            hit = pooled
-        keep = (hit > 0) & valid
-        keep_i = keep.to(tl.int32)
-        slot = tl.cumsum(keep_i, 0) - keep_i
-        tl.store(dst + count + slot, j, mask=keep)
-        count += tl.sum(keep_i, 0)
-        if WITH_TAIL:
-            if has_twin:
-                t_hit = tl.maximum(pooled, tl.load(twin_src + (j - lo), mask=valid, other=0).to(tl.int32))
-                t_keep = (t_hit > 0) & valid
-                t_keep_i = t_keep.to(tl.int32)
-                t_slot = tl.cumsum(t_keep_i, 0) - t_keep_i
-                tl.store(twin_dst + twin_count + t_slot, j, mask=t_keep)
-                twin_count += tl.sum(t_keep_i, 0)
-    return count, twin_count
-
-
-@triton.jit
 def stripe_scan_kernel(
     QBAR, ABAR,                       # [n_pools, H, BLOCK_D] fp32, [n_pools, H] fp32 (log2)
     KV, stride_kv_block, stride_kv_head, stride_kv_tok, PAGE,
@@ -135,13 +100,7 @@ def stripe_scan_kernel(
     NUM_HEADS: tl.constexpr, KV_REP: tl.constexpr, SEL_HEADS: tl.constexpr,
     SEL_HEADS_PAD: tl.constexpr, ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    PLAIN_FAST_PATH: tl.constexpr = True,  # segments without tail or twin take the plain loop
 ):
-    """One program per (scanned segment, selector head); see the module docstring. With
-    ``PLAIN_FAST_PATH`` (the default) a segment whose item has no tail and no twin runs a loop
-    compiled without the tail's per-block load and the twin's compaction; False runs every
-    segment through the tail-aware loop (the code of ``0093f08``), for A/B timing:
-    ``--launch scan.PLAIN_FAST_PATH=False``."""
     seg = tl.program_id(0)
     hs = tl.program_id(1)
     item, lo, hi, out_off = _key_slice(SEGS, seg)
@@ -171,16 +130,26 @@ def stripe_scan_kernel(
     twin_dst = SCRATCH + hs.to(tl.int64) * stride_list_head + twin_off
     twin_src = TAIL_HITS + hs.to(tl.int64) * stride_list_head + twin_off
     offs_n = tl.arange(0, BLOCK_N)
-    tail_loop = (has_tail | has_twin) | (not PLAIN_FAST_PATH)
-    # (argument lists spelled out, not unpacked from a tuple: the plainest call form to compile)
-    if tail_loop:
-        count, twin_count = _scan_keys(KV, bt_row, lo, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok,
-                                       head_off, qbar, thr, qk_scale, dst, tail_src, has_tail, twin_dst,
-                                       twin_src, has_twin, HEAD_DIM, BLOCK_N, True)
-    else:
-        count, twin_count = _scan_keys(KV, bt_row, lo, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok,
-                                       head_off, qbar, thr, qk_scale, dst, tail_src, has_tail, twin_dst,
-                                       twin_src, has_twin, HEAD_DIM, BLOCK_N, False)
+    count = 0
+    twin_count = 0
+    for j0 in range(lo, hi, BLOCK_N):
+        j, valid, k = _key_block(KV, bt_row, j0, hi, offs_n, d, PAGE, stride_kv_block, stride_kv_tok, head_off,
+                                 HEAD_DIM)
+        s = tl.dot(qbar, tl.trans(k)) * qk_scale
+        pooled = tl.max((s >= thr[:, None]).to(tl.int32), 0)
+        hit = tl.maximum(pooled, tl.load(tail_src + (j - lo), mask=valid & has_tail, other=0).to(tl.int32))
+        keep = (hit > 0) & valid
+        keep_i = keep.to(tl.int32)
+        slot = tl.cumsum(keep_i, 0) - keep_i
+        tl.store(dst + count + slot, j, mask=keep)
+        count += tl.sum(keep_i, 0)
+        if has_twin:
+            t_hit = tl.maximum(pooled, tl.load(twin_src + (j - lo), mask=valid, other=0).to(tl.int32))
+            t_keep = (t_hit > 0) & valid
+            t_keep_i = t_keep.to(tl.int32)
+            t_slot = tl.cumsum(t_keep_i, 0) - t_keep_i
+            tl.store(twin_dst + twin_count + t_slot, j, mask=t_keep)
+            twin_count += tl.sum(t_keep_i, 0)
     tl.store(SEG_COUNTS + seg * NUM_SEL + hs, count)
     tl.store(SEG_COUNTS + tl.maximum(twin, 0) * NUM_SEL + hs, twin_count, mask=has_twin)
 

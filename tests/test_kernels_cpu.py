@@ -368,30 +368,6 @@ def test_plan_tail_segments_are_written_by_their_groups_scan():
             assert main[1:3] == tail[1:3] and items[tail[0]][ITEM_NTAIL] > 0 and items[main[0]][ITEM_NTAIL] == 0
 
 
-def test_scan_fast_path_gives_the_same_lists_as_the_tail_aware_loop(monkeypatch):
-    """Segments without tail or twin take a loop compiled without the tail's work; forcing every
-    segment through the tail-aware loop must give the same lists and counts."""
-    from vllm_anchor.kernels import api
-    cfg = small_cfg(theta=2.0, tail_tokens=12)
-    case = make_case([(96, 90), (0, 150), (100, 5)], 4, 2, 16, seed=21, strong_frac=0.25, strong_gain=1.6)
-
-    def lists():
-        plan, call, ws = _steps(case, cfg)
-        run_stripe_step(call, ws)
-        return plan, ws
-    plan, ws_fast = lists()
-    launch = api._launch_opts
-    monkeypatch.setattr(api, "_launch_opts",
-                        lambda d, dev: {**launch(d, dev), "scan": {**launch(d, dev)["scan"], "PLAIN_FAST_PATH": False}})
-    _, ws_slow = lists()
-    seg_items = plan.segments[:plan.num_scan_segments, 0]
-    plain = (plan.items_cpu[seg_items, ITEM_NTAIL] == 0) & (plan.seg_twin < 0)
-    assert plain.any() and (plan.seg_twin >= 0).any() and (plan.items_cpu[seg_items, ITEM_NTAIL] > 0).any()
-    assert (ws_fast.counts == ws_slow.counts).all() and int(ws_fast.counts.sum()) > 0
-    for item in range(plan.num_items):
-        assert stripe_lists(ws_fast, plan, item) == stripe_lists(ws_slow, plan, item)
-
-
 @pytest.mark.parametrize("heads,rows", [((6, 2), 32), ((10, 2), 32)], ids=["gqa3-r32", "gqa5-r32"])
 def test_non_power_of_two_head_packing_matches_reference(heads, rows):
     """Tiles of 10 or 6 tokens straddle pooling blocks; lists and output must not notice."""

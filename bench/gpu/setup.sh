@@ -82,11 +82,12 @@ serve_fa() {
 }
 
 # ttft_vs_stock LIMIT PORT LABEL NAME [bench options...]: `vllm-anchor bench`, the anchor server on
-# PORT against stock on 8002, prompts sent to them in turn, 16 output tokens after one warm-up;
-# $R/NAME.json; prints the comparison table. The options give the lengths and prompt counts.
+# PORT against stock on $STOCK_PORT (default 8002), prompts sent to them in turn, 16 output tokens
+# after one warm-up; $R/NAME.json; prints the comparison table. The options give the lengths and
+# prompt counts.
 ttft_vs_stock() {
   local limit=$1 port=$2 label=$3 name=$4; shift 4
-  timeout "$limit" vllm-anchor bench --base-url http://127.0.0.1:$port --compare-url http://127.0.0.1:8002 \
+  timeout "$limit" vllm-anchor bench --base-url http://127.0.0.1:$port --compare-url http://127.0.0.1:${STOCK_PORT:-8002} \
     --labels anchor_$label,stock --tokenizer "$SMOLLM2" --num-warmups 1 --output-len 16 --interleave \
     --no-progress --result-dir $R --result-filename "$name" "$@" 2>&1 | tail -4
 }
