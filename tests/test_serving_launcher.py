@@ -54,7 +54,7 @@ def test_defaults_added_and_model_positional(capsys):
     assert cmd[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", "/models/llama"]
     assert value(cmd, "--attention-backend") == "anchor"
     assert "--enable-chunked-prefill" in cmd
-    assert value(cmd, "--max-num-batched-tokens") == "16384"
+    assert value(cmd, "--max-num-batched-tokens") == str(launcher.DEFAULT_BATCHED_TOKENS) == "65536"
     assert "--no-enable-prefix-caching" not in cmd and "--enable-prefix-caching" not in cmd
     assert "--hf-overrides" not in cmd and "--max-model-len" not in cmd  # demo-only settings
     assert "http://localhost:8000/v1" in err and "http://localhost:8000/metrics" in err

@@ -11,6 +11,8 @@
 #   the floor at 16384 (8004) and 65536 (8014), the defaults at 65536 (8011);
 # TTFT at 32K and 131000 tokens, 5 prompts each, interleaved, each anchor server against the stock
 # server of its own chunk size. Results: $OUT/chunk.tar.gz (the server logs, bench JSONs, /metrics).
+# Ran on an H100 80GB HBM3 at 28964e0 (bench/results/lease21_h100/chunk/), when 16384 was both
+# servers' default chunk; the 16384 servers now name it (the launcher's default is 65536 since).
 # Usage on the GPU host: bash bench/gpu/chunk_job.sh
 source bench/gpu/setup.sh
 cd /tmp
@@ -19,9 +21,9 @@ echo "== $GPU_NAME"; date
 smollm2_common 128k
 COMMON=("${COMMON[@]/12G/6G}")
 FLOOR='{"theta": -1000, "min_seq_len": 1, "density_guard": 1.0}'
-serve_fa 8002; P2=$!
+serve_fa 8002 --max-num-batched-tokens 16384; P2=$!
 serve_fa 8012 --max-num-batched-tokens 65536; P12=$!
-serve_anchor 8004 "$FLOOR"; P4=$!
+serve_anchor 8004 "$FLOOR" --max-num-batched-tokens 16384; P4=$!
 serve_anchor 8014 "$FLOOR" --max-num-batched-tokens 65536; P14=$!
 serve_anchor 8011 '{}' --max-num-batched-tokens 65536; P11=$!
 servers_up 360 8002:$P2 8012:$P12 8004:$P4 8014:$P14 8011:$P11

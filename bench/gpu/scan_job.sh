@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
-# GPU job 23 (one H100, one call, about 5 min): the scan's plain fast path. Job 21 measured the
-# scan at 4.88 ms (Llama shape, 128k) against 3.62-3.72 ms before the tail existed: every scan
-# program ran the tail's per-block load and the twin check. Now a segment without tail or twin
-# runs a loop compiled without them (stripe_scan_kernel PLAIN_FAST_PATH, default on).
-#   - the whole GPU suite (the scan changed);
-#   - bench/step_profile.py, Llama shape at 128k, FA3 beside it: the fast path vs
-#     --launch scan.PLAIN_FAST_PATH=False (the loop of 0093f08), twice each, alternating;
+# GPU job 23 (one H100, one call, about 5 min): the kernels after a change to the stripe scan.
+#   - the whole GPU suite;
+#   - bench/step_profile.py, Llama shape at 128k, FA3 beside it, twice;
 #   - bench/kernels.py smollm2 at 32k, theta 9/10/12 with step times, the tail on and off, G 2048
 #     and 1024 (issue 2's SmolLM2 target).
-# Results go straight to $OUT/scan/.
+# Ran on an H100 80GB HBM3 at fd06433 (bench/results/lease21_h100/scan/) as an A/B of the scan's
+# plain fast path (PLAIN_FAST_PATH, then the default) against the tail-aware loop of 0093f08
+# (--launch scan.PLAIN_FAST_PATH=False), alternating: the fast path was slower (scan 5.49/5.50 ms
+# vs 4.93/4.90 ms) and was removed in 28964e0, so that option no longer exists. That run wrote its
+# files straight to $OUT/scan and the sweep's JSON and log did not come back (8 files at most);
+# results now go to $OUT/scan.tar.gz.
 # Usage on the GPU host: bash bench/gpu/scan_job.sh
 source bench/gpu/setup.sh
 cd /tmp
-R=$OUT/scan; mkdir -p "$R"
+job_results scan scan
 echo "== $GPU_NAME"; date
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" > "$R/gpu_tests.log" 2>&1
 tail -3 "$R/gpu_tests.log"
 lap "gpu tests"
-step_profile_128k fast1
-step_profile_128k slow1 scan.PLAIN_FAST_PATH=False
-step_profile_128k fast2
-step_profile_128k slow2 scan.PLAIN_FAST_PATH=False
+step_profile_128k run1
+step_profile_128k run2
 timeout 200 python3 "$REPO/bench/kernels.py" smollm2 --model "$SMOLLM2" --lengths 32768 --thetas 9 10 12 \
   --steps --budget 0.08 --sweep base tail_tokens=0 group_size=1024 group_size=1024,tail_tokens=0 \
   --out "$R/sweep_scan.json" > "$R/sweep_scan.log" 2>&1

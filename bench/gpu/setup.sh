@@ -74,11 +74,13 @@ serve_anchor() {
     "${COMMON[@]}" --additional-config "{\"anchor\": $cfg}" "$@" > $R/server_$port.log 2>&1 &
 }
 # serve_fa PORT [vLLM options...]: stock `vllm serve --attention-backend FLASH_ATTN` with the
-# launcher's long-context defaults, so the two differ only in the backend.
+# launcher's long-context defaults (serving/launcher.py: chunked prefill, 65536 batched tokens;
+# the jobs run until 28964e0 used 16384, the default then), so the two
+# differ only in the backend. A later --max-num-batched-tokens in the options wins.
 serve_fa() {
   local port=$1; shift
   python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port $port --attention-backend FLASH_ATTN \
-    --enable-chunked-prefill --max-num-batched-tokens 16384 "${COMMON[@]}" "$@" > $R/server_$port.log 2>&1 &
+    --enable-chunked-prefill --max-num-batched-tokens 65536 "${COMMON[@]}" "$@" > $R/server_$port.log 2>&1 &
 }
 
 # ttft_vs_stock LIMIT PORT LABEL NAME [bench options...]: `vllm-anchor bench`, the anchor server on

@@ -7,14 +7,19 @@
 #   stock FLASH_ATTN (8002), the floor (8004: theta -1000, every chunk anchored, no guard), the
 #   defaults (8001); bench/trace_gaps.py then lists each trace's GPU idle gaps, the host calls
 #   inside them, per-step busy time and the CUDA runtime totals (summaries only: traces are big).
-# Results go straight to $OUT/trace/.
+# Ran on an H100 80GB HBM3 at fd06433 (bench/results/lease21_h100/trace/): only the defaults
+# server's trace held the request (its summary and vLLM's profiler table are there); the stock and
+# floor traces came back empty (the profiler table lists no engine step, cause not found), and
+# only 8 of the files written to $OUT/trace came back (the device's limit). Results now go to
+# $OUT/trace.tar.gz, with each bench run's whole output and the profiler's own table, and the
+# servers run at 16384 batched tokens as they did then.
 # Usage on the GPU host: bash bench/gpu/trace_job.sh
 source bench/gpu/setup.sh
 cd /tmp
-R=$OUT/trace; mkdir -p "$R"
+job_results trace trace
 echo "== $GPU_NAME"; date
 smollm2_common 128k
-COMMON=("${COMMON[@]/12G/10G}")
+COMMON=("${COMMON[@]/12G/10G}" --max-num-batched-tokens 16384)
 prof() { echo "{\"profiler\": \"torch\", \"torch_profiler_dir\": \"/tmp/prof-$1\", \"torch_profiler_with_stack\": false, \"ignore_frontend\": true}"; }
 serve_fa 8002 --profiler-config "$(prof 8002)"; P2=$!
 serve_anchor 8004 '{"theta": -1000, "min_seq_len": 1, "density_guard": 1.0}' --profiler-config "$(prof 8004)"; P4=$!
@@ -24,7 +29,7 @@ lap "servers up"
 one_prompt() {  # one_prompt PORT SEED: a fresh 131000-token prompt, 1 output token; prints its TTFT line
   timeout 60 vllm-anchor bench --base-url http://127.0.0.1:$1 --tokenizer "$SMOLLM2" --input-lens 131000 \
     --num-prompts 1 --num-warmups 0 --output-len 1 --seed $2 --no-progress --result-dir $R \
-    --result-filename ttft_$1_seed$2 2>&1 | tail -2 | head -1
+    --result-filename ttft_$1_seed$2 > $R/bench_$1_seed$2.log 2>&1; grep "^results:" $R/bench_$1_seed$2.log || tail -3 $R/bench_$1_seed$2.log
 }
 for port in 8002 8004 8001; do
   one_prompt $port 1  # warm-up, not profiled
@@ -39,6 +44,7 @@ for port in 8002 8004 8001; do
     n=$(stat -c %s "$t"); sleep 3; [ "$(stat -c %s "$t")" = "$n" ] && break
   done
   ls -laR /tmp/prof-$port/ > $R/trace_files_$port.txt 2>&1
+  cat /tmp/prof-$port/profiler_out_*.txt > $R/profiler_table_$port.txt 2>/dev/null
   [ -n "$t" ] && timeout 120 python3 "$REPO/bench/trace_gaps.py" "$t" --out $R/trace_gaps_$port.json > $R/trace_gaps_$port.log 2>&1
   head -24 $R/trace_gaps_$port.log
   lap "trace $port"
