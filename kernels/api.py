@@ -15,7 +15,8 @@ import torch
 import triton
 
 from .config import AnchorConfig
-from .plan import AnchorPlan, plan_anchor_prefill  # noqa: F401  (re-export)
+from .plan import (AnchorPlan, default_rows, default_segment_tokens, default_sparse_rows,  # noqa: F401
+                   plan_anchor_prefill)
 from .triton_anchor import anchor_kernel
 from .triton_common import LOG2E
 from .triton_sparse import sparse_kernel
@@ -119,23 +120,54 @@ class _Call:
         return (kv, kv.stride(0), kv.stride(1), kv.stride(2), self.page, self.bt, self.bt.stride(0))
 
 
-def new_workspace(call: _Call) -> AnchorWorkspace:
-    dev, H, BD, plan = call.q.device, call.num_heads, call.block_d, call.plan
-    f32 = dict(dtype=torch.float32, device=dev)
-    i32 = dict(dtype=torch.int32, device=dev)
+def _workspace_shapes(num_tokens: int, num_heads: int, num_sel: int, block_d: int,
+                      plan: AnchorPlan) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{field: (shape, dtype)}`` of one call's :class:`AnchorWorkspace`: what
+    :func:`new_workspace` allocates and :func:`workspace_nbytes` counts, from one definition."""
+    f32, i32 = torch.float32, torch.int32
     # a multiple of 16 keeps the lists' row stride in one Triton specialization (no recompiles)
     cap = max(16, -(-plan.list_capacity // 16) * 16)
-    return AnchorWorkspace(
-        m=torch.empty(call.num_tokens, H, **f32), l=torch.empty(call.num_tokens, H, **f32),
-        acc=torch.empty(call.num_tokens, H, BD, **f32),
-        qsum=torch.empty(plan.num_tiles, 2, H, BD, **f32), msum=torch.empty(plan.num_tiles, 2, H, **f32),
-        scratch=torch.empty(call.num_sel, cap, **i32), lists=torch.empty(call.num_sel, cap, **i32),
+    T, H, BD = num_tokens, num_heads, block_d
+    return dict(
+        m=((T, H), f32), l=((T, H), f32), acc=((T, H, BD), f32),
+        qsum=((plan.num_tiles, 2, H, BD), f32), msum=((plan.num_tiles, 2, H), f32),
+        scratch=((num_sel, cap), i32), lists=((num_sel, cap), i32),
         # read only where a tail block wrote it (the scan masks the load by the item's tail)
-        tail_hits=torch.empty(call.num_sel, cap if plan.num_tail_blocks else 16, dtype=torch.int8, device=dev),
-        slots=torch.empty(call.num_sel, cap, **i32),
-        seg_counts=torch.empty(plan.num_segments, call.num_sel, **i32),
-        counts=torch.empty(plan.num_items, call.num_sel, **i32),
+        tail_hits=((num_sel, cap if plan.num_tail_blocks else 16), torch.int8),
+        slots=((num_sel, cap), i32),
+        seg_counts=((plan.num_segments, num_sel), i32), counts=((plan.num_items, num_sel), i32),
     )
+
+
+def new_workspace(call: _Call) -> AnchorWorkspace:
+    shapes = _workspace_shapes(call.num_tokens, call.num_heads, call.num_sel, call.block_d, call.plan)
+    return AnchorWorkspace(**{name: torch.empty(shape, dtype=dtype, device=call.q.device)
+                              for name, (shape, dtype) in shapes.items()})
+
+
+def workspace_nbytes(plan: AnchorPlan, head_dim: int) -> int:
+    """Bytes of the workspace a call with this plan allocates (:func:`new_workspace`)."""
+    sel_heads = plan.num_heads // plan.num_kv_heads if plan.cfg.share_gqa else 1
+    shapes = _workspace_shapes(plan.num_tokens, plan.num_heads, plan.num_heads // sel_heads,
+                               triton.next_power_of_2(head_dim), plan)
+    return sum(math.prod(shape) * dtype.itemsize for shape, dtype in shapes.values())
+
+
+def step_workspace_nbytes(cfg: AnchorConfig, num_heads: int, num_kv_heads: int, head_dim: int,
+                          max_tokens: int, max_model_len: int) -> int:
+    """Bytes of the workspace of the largest usual step: one sequence's last chunk of
+    ``max_tokens`` queries (vLLM's ``max_num_batched_tokens``) ending at ``max_model_len``.
+
+    The workspace grows with the chunk (fp32 anchor state per query) and with the context (the
+    stripe lists hold every candidate key of each group), so a step of one long prompt's last
+    chunk needs the most; a batch of several shorter prefills needs no more than a few partial
+    groups' lists beyond it. The plan is built on the host with the GPU's launch sizes.
+    """
+    tokens = min(max_tokens, max_model_len)
+    plan = plan_anchor_prefill([0, tokens], [max_model_len], cfg, num_heads, num_kv_heads, head_dim, "cpu",
+                               rows=default_rows(head_dim, "cuda"), sparse_rows=default_sparse_rows(head_dim, "cuda"),
+                               segment_tokens=default_segment_tokens(head_dim, "cuda"))
+    return workspace_nbytes(plan, head_dim)
 
 
 def shared_workspace(cache: dict, call: _Call) -> AnchorWorkspace:

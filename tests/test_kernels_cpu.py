@@ -368,6 +368,36 @@ def test_plan_tail_segments_are_written_by_their_groups_scan():
             assert main[1:3] == tail[1:3] and items[tail[0]][ITEM_NTAIL] > 0 and items[main[0]][ITEM_NTAIL] == 0
 
 
+@pytest.mark.parametrize("share_gqa,tail", [(True, 20), (False, 20), (True, 0)], ids=["shared", "per-head", "no-tail"])
+def test_workspace_nbytes_counts_what_new_workspace_allocates(share_gqa, tail):
+    """The memory-profile reservation is sized by workspace_nbytes: it must equal the bytes of the
+    buffers a call really allocates, with and without the tail's bytes and shared lists."""
+    from vllm_anchor.kernels.api import workspace_nbytes
+    cfg = small_cfg(share_gqa=share_gqa, tail_tokens=tail)
+    case = make_case([(96, 90), (0, 150), (100, 5)], 6, 2, 24, seed=5)
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu")
+    ws = new_workspace(_Call(case.q, case.kv_cache, case.block_table, plan, case.scale))
+    allocated = sum(t.numel() * t.element_size() for t in vars(ws).values())
+    assert workspace_nbytes(plan, case.dims[2]) == allocated > 0
+
+
+def test_step_workspace_grows_with_chunk_and_context():
+    """The largest usual step is one sequence's last chunk: more queries (fp32 state) and a longer
+    context (longer lists) each need more, and the figure is that chunk's plan's workspace."""
+    from vllm_anchor.kernels.api import step_workspace_nbytes, workspace_nbytes
+    from vllm_anchor.kernels.plan import default_rows, default_segment_tokens, default_sparse_rows
+    cfg = AnchorConfig()
+    small, long_ctx, big_chunk = (step_workspace_nbytes(cfg, 32, 8, 128, t, n)
+                                  for t, n in ((4096, 32768), (4096, 131072), (16384, 32768)))
+    assert small < long_ctx and small < big_chunk
+    plan = plan_anchor_prefill([0, 4096], [131072], cfg, 32, 8, 128, "cpu", rows=default_rows(128, "cuda"),
+                               sparse_rows=default_sparse_rows(128, "cuda"),
+                               segment_tokens=default_segment_tokens(128, "cuda"))
+    assert long_ctx == workspace_nbytes(plan, 128)
+    # a chunk longer than the model's context is capped at the context
+    assert step_workspace_nbytes(cfg, 32, 8, 128, 65536, 32768) == step_workspace_nbytes(cfg, 32, 8, 128, 32768, 32768)
+
+
 @pytest.mark.parametrize("heads,rows", [((6, 2), 32), ((10, 2), 32)], ids=["gqa3-r32", "gqa5-r32"])
 def test_non_power_of_two_head_packing_matches_reference(heads, rows):
     """Tiles of 10 or 6 tokens straddle pooling blocks; lists and output must not notice."""

@@ -421,6 +421,60 @@ def test_backend_layers_of_a_step_share_one_workspace(monkeypatch):
         STATS.auto_flush = True
 
 
+def test_memory_profile_holds_the_anchor_workspace_until_the_first_real_step(monkeypatch):
+    """In vLLM's memory-profiling forward attention gets no metadata, so the anchor path does not
+    run; the backend holds the largest step's workspace there instead (once per process, not per
+    layer) and lets it go at the first forward with metadata, where the real workspace takes over."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from paged_case import make_case
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
+
+    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.kernels.api import step_workspace_nbytes
+    from vllm_anchor.stats import STATS
+
+    cfg = AnchorConfig(theta=2.0, sink_tokens=8, local_tokens=8, group_size=64, pool_block=16, tail_tokens=8)
+    case = make_case([(40, 120)], 4, 2, 16, dtype=torch.float32, seed=3)
+    monkeypatch.setattr(FlashAttentionImpl, "forward", lambda self, layer, q, k, v, kv, md, out, *a: out)
+    monkeypatch.setattr(AnchorImpl, "_profile_reservation", None)
+    monkeypatch.setattr(AnchorImpl, "_profile_reserved", False)
+
+    def impl_for(max_model_len, min_seq_len=1):
+        impl = AnchorImpl(4, 16, case.scale, 2, None, None, "auto")
+        impl.settings = AnchorSettings(kernel=cfg, density_guard=1.0, min_seq_len=min_seq_len)
+        impl._max_tokens, impl._max_model_len = 256, max_model_len
+        return impl
+    layers = [type("Layer", (), {"layer_name": f"model.layers.{i}.self_attn.attn"})() for i in range(3)]
+    out = torch.empty_like(case.q)
+
+    # prompts can never reach min_seq_len: nothing to hold
+    impl_for(1024, min_seq_len=4096).forward(layers[0], case.q, None, None, case.kv_cache, None, out)
+    assert AnchorImpl._profile_reservation is None
+    monkeypatch.setattr(AnchorImpl, "_profile_reserved", False)
+
+    impls = [impl_for(1024) for _ in layers]
+    for impl, layer in zip(impls, layers):  # the profiling forward: every layer, no metadata
+        impl.forward(layer, case.q, None, None, case.kv_cache, None, out)
+        held = AnchorImpl._profile_reservation
+        assert held is not None and held.numel() == step_workspace_nbytes(cfg, 4, 2, 16, 256, 1024)
+    assert held.numel() > step_workspace_nbytes(cfg, 4, 2, 16, 256, 512)
+    first = AnchorImpl._profile_reservation
+    impls[1].forward(layers[1], case.q, None, None, case.kv_cache, None, out)  # a later dummy run
+    assert AnchorImpl._profile_reservation is first  # one reservation per process
+
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, 4, 2, 16, "cpu")
+    md = AnchorMetadata(fa="whole-batch FA metadata", fa_head=None,
+                        anchor=AnchorPrefillMetadata(plan, case.block_table, 0, case.q.shape[0]))
+    STATS.auto_flush = False
+    try:
+        impls[0].forward(layers[0], case.q, None, None, case.kv_cache, md, torch.empty_like(case.q))
+    finally:
+        STATS.reset()
+        STATS.auto_flush = True
+    assert AnchorImpl._profile_reservation is None and len(md.anchor.workspaces) == 1
+
+
 def _counts(case, plan, cfg):
     from vllm_anchor.kernels.api import _Call, new_workspace, run_anchor_step, run_stripe_step
     call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)

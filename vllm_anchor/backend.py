@@ -29,7 +29,7 @@ from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
 from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, stripe_density, warm_up
 from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, run_anchor_step, run_sparse_step, run_stripe_step,
-                                     shared_workspace)
+                                     shared_workspace, step_workspace_nbytes)
 from vllm_anchor.kernels.plan import stripe_density_parts
 
 from .routing import DeferredDensity, DensityGuard, first_anchor_request, slice_requests
@@ -132,6 +132,10 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
 
 class AnchorImpl(FlashAttentionImpl):
     supports_dcp: ClassVar[bool] = False
+    # Held through vLLM's memory-profiling run so that its peak counts the anchor workspace (see
+    # _reserve_for_profiling); one per process: the layers of a step share one workspace.
+    _profile_reservation: ClassVar[torch.Tensor | None] = None
+    _profile_reserved: ClassVar[bool] = False
 
     def __init__(self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
                  kv_cache_dtype, logits_soft_cap=None, attn_type=AttentionType.DECODER,
@@ -159,6 +163,42 @@ class AnchorImpl(FlashAttentionImpl):
         self._guard = DensityGuard(self.settings.density_guard)
         self._density = DeferredDensity()
         self._sync_density = False
+        cfg = get_current_vllm_config_or_none()
+        sched, model = getattr(cfg, "scheduler_config", None), getattr(cfg, "model_config", None)
+        self._max_tokens = getattr(sched, "max_num_batched_tokens", None)
+        self._max_model_len = getattr(model, "max_model_len", None)
+
+    def _reserve_for_profiling(self, layer, query: torch.Tensor) -> None:
+        """Allocate, once per process, the workspace of the largest usual step and hold it until
+        the first real forward.
+
+        vLLM sizes the KV cache from the peak memory of a dummy forward in which attention gets no
+        metadata, so the anchor path does not run there; its workspace (fp32 anchor state per
+        query, stripe lists per candidate key: 1.4 GiB for Llama-3.1-8B's shape with a 65536-token
+        chunk at 128k, 4.3 GiB at 1M) would otherwise come out of the memory vLLM believes free.
+        Held from the first attention layer of that forward to its end, the reservation sits on
+        top of the activations, as the real workspace does. Skipped where the anchor path can never
+        run (disabled, unsupported layer, prompts shorter than ``min_seq_len``) and during CUDA
+        graph capture.
+        """
+        if AnchorImpl._profile_reserved or not self.settings.enabled or not self._anchor_on(layer):
+            return
+        AnchorImpl._profile_reserved = True
+        if (self._max_tokens is None or self._max_model_len is None
+                or self._max_model_len < self.settings.min_seq_len):
+            return
+        if query.is_cuda and torch.cuda.is_current_stream_capturing():
+            return
+        try:
+            nbytes = step_workspace_nbytes(self.settings.kernel, self.num_heads, self.num_kv_heads, self.head_size,
+                                           self._max_tokens, self._max_model_len)
+            AnchorImpl._profile_reservation = torch.empty(nbytes, dtype=torch.uint8, device=query.device)
+        except Exception as e:  # sizing must never stop start-up; vLLM's own margin then has to do
+            logger.warning("vllm-anchor: could not reserve the anchor workspace in the memory profile (%r)", e)
+            return
+        logger.info("vllm-anchor: memory profile holds %.0f MiB for the anchor workspace (a %d-token chunk "
+                    "at %d tokens of context)", nbytes / 2**20, min(self._max_tokens, self._max_model_len),
+                    self._max_model_len)
 
     def process_weights_after_loading(self, act_dtype: torch.dtype):
         super().process_weights_after_loading(act_dtype)
@@ -206,9 +246,12 @@ class AnchorImpl(FlashAttentionImpl):
                 output_scale=None, output_block_scale=None):
         """query ``[T, H, D]``, kv_cache logical ``[blocks, Hkv, page, 2D]``, output ``[T, H, D]``."""
         md = attn_metadata
-        if md is None:  # memory-profiling run
+        if md is None:  # memory-profiling run (or a dummy run without metadata)
+            self._reserve_for_profiling(layer, query)
             return super().forward(layer, query, key, value, kv_cache, None, output,
                                    output_scale, output_block_scale)
+        if AnchorImpl._profile_reservation is not None:  # profiling is over: the real one takes its place
+            AnchorImpl._profile_reservation = None
         if md.anchor is None or output_scale is not None or not self._anchor_on(layer):
             return super().forward(layer, query, key, value, kv_cache, md.fa, output,
                                    output_scale, output_block_scale)
