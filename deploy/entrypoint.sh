@@ -9,6 +9,10 @@
 #     arguments do not already carry one, so the same image can run stock FLASH_ATTN decoders.
 #   * --tensor-parallel-size $TENSOR_PARALLEL_SIZE and --port $PORT are added when those variables
 #     are set and the arguments do not already set them.
+#   * When the backend is anchor, --max-num-batched-tokens $MAX_NUM_BATCHED_TOKENS (default 65536,
+#     as `vllm-anchor serve`) is added unless the arguments set it: long prompts prefill in 64k-token
+#     steps, since each engine step costs host time that the anchor path cannot hide
+#     (bench/results/lease21_h100/chunk/).
 # A first argument naming a program (vllm, ray, bash, sh, python, python3, or an absolute path)
 # is executed as is, e.g. `docker run IMAGE bash`.
 # Set ENTRYPOINT_DRY_RUN=1 to print the command instead of running it.
@@ -39,9 +43,28 @@ has_flag() {  # has_flag FLAG ARGS... -> 0 if FLAG or FLAG=... is among ARGS
     return 1
 }
 
+flag_value() {  # flag_value FLAG ARGS... -> the value of FLAG (FLAG VALUE or FLAG=VALUE), if any
+    local flag="$1"
+    shift
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            "$flag") echo "${2:-}"; return 0 ;;
+            "$flag="*) echo "${1#*=}"; return 0 ;;
+        esac
+        shift
+    done
+    return 1
+}
+
 cmd=(vllm serve "$model")
-if ! has_flag --attention-backend "$@"; then
-    cmd+=(--attention-backend "${ATTENTION_BACKEND:-anchor}")
+backend="$(flag_value --attention-backend "$@" || true)"
+if [[ -z "$backend" ]]; then
+    backend="${ATTENTION_BACKEND:-anchor}"
+    cmd+=(--attention-backend "$backend")
+fi
+if [[ "${backend,,}" == anchor ]] && ! has_flag --max-num-batched-tokens "$@" \
+        && ! has_flag --max_num_batched_tokens "$@"; then
+    cmd+=(--max-num-batched-tokens "${MAX_NUM_BATCHED_TOKENS:-65536}")
 fi
 if [[ -n "${TENSOR_PARALLEL_SIZE:-}" ]] && ! has_flag --tensor-parallel-size "$@" \
         && ! has_flag -tp "$@"; then

@@ -329,6 +329,7 @@ def test_helm_values_properties():
     (spec,) = values["servingEngineSpec"]["modelSpec"]
     vc = spec["vllmConfig"]
     assert _flag(vc["extraArgs"], "--attention-backend") == "anchor"
+    assert _flag(vc["extraArgs"], "--max-num-batched-tokens") == "65536"  # as `vllm-anchor serve`
     assert vc["tensorParallelSize"] == spec["requestGPU"]
     assert "v0" not in vc and "raySpec" not in spec  # v0 would set VLLM_USE_V1=0; raySpec drops the Deployment
     assert values["servingEngineSpec"]["securityContext"]["runAsNonRoot"] is True
@@ -377,7 +378,7 @@ def test_anchor_env_vars_match_config_fields():
 # ----------------------------------------------------------------------------- entry point
 def _entrypoint(*args: str, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items()
-            if k not in ("MODEL", "PORT", "TENSOR_PARALLEL_SIZE", "ATTENTION_BACKEND")}
+            if k not in ("MODEL", "PORT", "TENSOR_PARALLEL_SIZE", "ATTENTION_BACKEND", "MAX_NUM_BATCHED_TOKENS")}
     return subprocess.run(["bash", str(DEPLOY / "entrypoint.sh"), *args], capture_output=True,
                           text=True, env={**base, "ENTRYPOINT_DRY_RUN": "1", **env}, timeout=30)
 
@@ -385,12 +386,20 @@ def _entrypoint(*args: str, **env: str) -> subprocess.CompletedProcess:
 def test_entrypoint_builds_serve_command():
     r = _entrypoint("org/model", "--max-model-len", "32k", PORT="8000")
     assert r.stdout.split() == ["vllm", "serve", "org/model", "--attention-backend", "anchor",
-                                "--port", "8000", "--max-model-len", "32k"]
+                                "--max-num-batched-tokens", "65536", "--port", "8000", "--max-model-len", "32k"]
     r = _entrypoint("--attention-backend=FLASH_ATTN", "-tp", "2", MODEL="m", TENSOR_PARALLEL_SIZE="4")
     assert r.stdout.split() == ["vllm", "serve", "m", "--attention-backend=FLASH_ATTN", "-tp", "2"]
     r = _entrypoint(MODEL="m", TENSOR_PARALLEL_SIZE="4")
     assert r.stdout.split() == ["vllm", "serve", "m", "--attention-backend", "anchor",
-                                "--tensor-parallel-size", "4"]
+                                "--max-num-batched-tokens", "65536", "--tensor-parallel-size", "4"]
+    # the chunk: the user's value wins (either spelling), MAX_NUM_BATCHED_TOKENS changes the default,
+    # and a stock backend (given or from ATTENTION_BACKEND) keeps vLLM's own
+    r = _entrypoint("m", "--max_num_batched_tokens=8192")
+    assert r.stdout.split() == ["vllm", "serve", "m", "--attention-backend", "anchor", "--max_num_batched_tokens=8192"]
+    r = _entrypoint("m", "--attention-backend", "ANCHOR", MAX_NUM_BATCHED_TOKENS="32768")
+    assert r.stdout.split() == ["vllm", "serve", "m", "--max-num-batched-tokens", "32768", "--attention-backend", "ANCHOR"]
+    r = _entrypoint("m", ATTENTION_BACKEND="FLASH_ATTN")
+    assert r.stdout.split() == ["vllm", "serve", "m", "--attention-backend", "FLASH_ATTN"]
     r = _entrypoint("--max-model-len", "8k")
     assert r.returncode == 2 and "no model given" in r.stderr
     r = _entrypoint("bash", "-c", "echo passthrough")
