@@ -147,8 +147,8 @@ def new_workspace(call: _Call) -> AnchorWorkspace:
 
 def workspace_nbytes(plan: AnchorPlan, head_dim: int) -> int:
     """Bytes of the workspace a call with this plan allocates (:func:`new_workspace`)."""
-    sel_heads = plan.num_heads // plan.num_kv_heads if plan.cfg.share_gqa else 1
-    shapes = _workspace_shapes(plan.num_tokens, plan.num_heads, plan.num_heads // sel_heads,
+    # plan.pack query heads share one stripe list (plan.heads_per_program): one selector per pack
+    shapes = _workspace_shapes(plan.num_tokens, plan.num_heads, plan.num_heads // plan.pack,
                                triton.next_power_of_2(head_dim), plan)
     return sum(math.prod(shape) * dtype.itemsize for shape, dtype in shapes.values())
 
