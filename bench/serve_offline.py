@@ -8,7 +8,9 @@ Run once per backend and compare the JSON files (bench/compare_serving.py):
 
 Prompts are real text (Python's pydoc topics) tokenized with the model's tokenizer and sent as
 token IDs, so their lengths are exact. TTFT here is the wall time of ``generate`` with one output
-token for a fresh prompt (no HTTP), median of several, after a warm-up.
+token for a fresh prompt (no HTTP), median of several, after a warm-up. Prefill chunks are
+``--max-num-batched-tokens`` long, by default the size ``vllm-anchor serve`` uses (runs before
+stop 17 used 16384).
 """
 from __future__ import annotations
 
@@ -74,6 +76,11 @@ def main():
     ap.add_argument("--ttft-lengths", type=int, nargs="+", default=[16384, 32000])
     ap.add_argument("--ttft-runs", type=int, default=4, help="the first run of each length is not counted")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None,
+                    help="prefill chunk size (default: vllm-anchor serve's, serving/launcher.py)")
+    ap.add_argument("--itl-runs", type=int, default=3, help="itl: timed runs (a fresh prompt each)")
+    ap.add_argument("--itl-tokens", type=int, default=256, help="itl: decode steps timed per run")
+    ap.add_argument("--itl-batch", type=int, default=1, help="itl: requests decoding side by side")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -81,6 +88,9 @@ def main():
     import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
+    from vllm_anchor.serving.launcher import DEFAULT_BATCHED_TOKENS
+
+    chunk = a.max_num_batched_tokens or DEFAULT_BATCHED_TOKENS
 
     factor = a.max_model_len / 8192
     anchor = json.loads(a.anchor)
@@ -89,11 +99,11 @@ def main():
         hf_overrides={"rope_parameters": {**YARN, "factor": factor}, "max_position_embeddings": a.max_model_len})
     llm = LLM(model=a.model, attention_backend=a.backend, additional_config={"anchor": anchor},
               max_model_len=a.max_model_len, gpu_memory_utilization=0.6, enforce_eager=a.eager,
-              enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=16384, seed=0,
+              enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=chunk, seed=0,
               tensor_parallel_size=a.tp, **model_args)
     tok = RandomTokens() if a.dummy else llm.get_tokenizer()
     res = {"backend": a.backend, "anchor": anchor, "max_model_len": a.max_model_len, "eager": a.eager,
-           "tensor_parallel_size": a.tp, "gpus": torch.cuda.device_count(),
+           "tensor_parallel_size": a.tp, "max_num_batched_tokens": chunk, "gpus": torch.cuda.device_count(),
            "gpu": torch.cuda.get_device_name(), "startup_s": time.perf_counter() - t0, "command": " ".join(os.sys.argv)}
     greedy = SamplingParams(temperature=0.0, max_tokens=24, logprobs=1)
 
@@ -140,21 +150,27 @@ def main():
                 times.append(time.perf_counter() - t)
             res["ttft"][str(n)] = {"median_s": statistics.median(times[1:]), "all_s": times}
             print("ttft", n, res["ttft"][str(n)], flush=True)
-    if "itl" in a.tasks:  # decode speed after a 16k prompt: (e2e - ttft) / (tokens - 1)
+    if "itl" in a.tasks:
+        # Decode time per step after a 16k prompt: the same fresh prompts once with one output
+        # token (prefill only) and once with 1 + N (prefill + N decode steps); the difference / N.
+        # A batch of B requests decodes side by side (B = 1: the ITL a lone user sees).
         p = haystack_ids(tok, 16000, seed=11)
+        n = a.itl_tokens
         one, many = SamplingParams(temperature=0.0, max_tokens=1), SamplingParams(
-            temperature=0.0, max_tokens=257, ignore_eos=True)
+            temperature=0.0, max_tokens=n + 1, ignore_eos=True)
         runs = []
-        for r in range(3):
-            q = [r + 1] + p
+        for r in range(a.itl_runs + 1):  # run 0 warms up
+            batch = [[r * a.itl_batch + b + 1] + p for b in range(a.itl_batch)]
             t = time.perf_counter()
-            gen([q], one)
+            gen(batch, one)
             ttft = time.perf_counter() - t
-            q = [r + 100] + p
+            batch = [[r * a.itl_batch + b + 10000] + p for b in range(a.itl_batch)]
             t = time.perf_counter()
-            gen([q], many)
-            runs.append((time.perf_counter() - t - ttft) / 256)
-        res["itl_s"] = {"median": statistics.median(runs), "all": runs}
+            gen(batch, many)
+            if r:
+                runs.append((time.perf_counter() - t - ttft) / n)
+        res["itl_s"] = {"median": statistics.median(runs), "all": runs, "tokens": n, "batch": a.itl_batch}
+        print("itl", res["itl_s"], flush=True)
     if a.backend.lower() in ("anchor", "custom"):
         try:
             res["anchor_stats"] = llm.collective_rpc(_worker_stats)
