@@ -5,6 +5,7 @@
 #   K: GPU test suite (now also 256-row sparse tiles at head_dim 256); Llama-3.1-8B architecture
 #      with random weights (bench/configs/llama-3.1-8b, --load-format dummy, eager), TTFT at 32768
 #      and 131000 tokens, stock FLASH_ATTN then anchor (defaults), bench/serve_offline.py in-process
+#      (16384-token chunks up to 52f8149; from d8b6724 the launcher's 65536, see guard_itl_job.sh G)
 #      (issue 3: <= 1.05x, the density guard sends near-uniform layers dense)
 #   S: SmolLM2 YaRN x4 (32k), three servers at once: anchor defaults (8001), stock FLASH_ATTN (8002),
 #      anchor theta=inf on the V1 model runner without prefix caching (8003); the theta=inf greedy
