@@ -76,3 +76,12 @@ def test_sweep_tables_list_every_variant_and_its_frontier():
     assert "| base | 9.00 | 2.50× |" in text and "| group_size=1024 | 9.00 | 2.90× |" in text
     assert "| base | 10.00 | 2.00× |" in text.split("p5 recall reaches 0.86")[1]  # p5 0.86 at theta 10
     assert "not reached" in "\n".join(summarize.sweep_tables(d, 0.99, 0.86))
+
+
+def test_gzipped_results_regenerate_their_committed_summary():
+    """Large results are committed gzipped; the summary made from them must still come out the same."""
+    path = "bench/results/config_sweep_h100/sweep_group.json.gz"
+    lines = summarize.sweep_tables(summarize.load_json(str(ROOT / path)), 0.95, 0.93)
+    committed = (ROOT / "bench/results/config_sweep_h100/summary.md").read_text().splitlines()
+    rows = [x for x in lines if x.startswith("| base |") or x.startswith("| group_size=")]
+    assert len(rows) >= 24 and all(r in committed for r in rows)
