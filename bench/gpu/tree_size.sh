@@ -3,7 +3,7 @@
 # A device call carries the tracked files, the untracked files git does not ignore, and the paths
 # in `carry`, 64 MiB in all; the install sends one 48 MiB part per call (../shared/gpu/README.md),
 # so the rest of the tree must stay under about 16 MiB. At stop 17 it had grown to 15.3 MB and
-# four install calls were refused mid-lease. Exits 1 when the largest part would not fit.
+# five of the seven install calls were refused mid-lease. Exits 1 when the largest part would not fit.
 # Usage: bash bench/gpu/tree_size.sh
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
