@@ -22,14 +22,7 @@ cd /tmp
 job_results guard_itl_$PART guard_itl_$PART
 echo "== $GPU_NAME, part $PART"; date
 if [ "$PART" = G ]; then
-  for b in FLASH_ATTN anchor; do
-    timeout 200 python3 "$REPO/bench/serve_offline.py" --model "$REPO/bench/configs/llama-3.1-8b" --dummy --eager \
-      --backend $b --max-model-len 131072 --tasks ttft --ttft-lengths 32768 131000 --ttft-runs 5 \
-      --out "$R/serve_llama8b_dummy_$b.json" > "$R/serve_llama8b_dummy_$b.log" 2>&1 || tail -20 "$R/serve_llama8b_dummy_$b.log"
-    lap "llama dummy $b"
-  done
-  python3 "$REPO/bench/compare_serving.py" "$R/serve_llama8b_dummy_FLASH_ATTN.json" "$R/serve_llama8b_dummy_anchor.json" \
-    --out "$R/summary_llama8b_dummy.json" && grep -A3 '"32768"\|"131000"' "$R/summary_llama8b_dummy.json"
+  llama_dummy_guard 200
   date
   exit 0
 fi

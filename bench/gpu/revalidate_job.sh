@@ -26,14 +26,7 @@ if [ "$PART" = K ]; then
     timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" 2>&1 | tee "$R/gpu_tests.log" | tail -3
     lap "gpu tests"
   fi
-  for b in FLASH_ATTN anchor; do
-    timeout 220 python3 "$REPO/bench/serve_offline.py" --model "$REPO/bench/configs/llama-3.1-8b" --dummy --eager \
-      --backend $b --max-model-len 131072 --tasks ttft --ttft-lengths 32768 131000 --ttft-runs 5 \
-      --out "$R/serve_llama8b_dummy_$b.json" > "$R/serve_llama8b_dummy_$b.log" 2>&1 || tail -20 "$R/serve_llama8b_dummy_$b.log"
-    lap "llama dummy $b"
-  done
-  python3 "$REPO/bench/compare_serving.py" "$R/serve_llama8b_dummy_FLASH_ATTN.json" "$R/serve_llama8b_dummy_anchor.json" \
-    --out "$R/summary_llama8b_dummy.json" && cat "$R/summary_llama8b_dummy.json"
+  llama_dummy_guard 220
   exit 0
 fi
 

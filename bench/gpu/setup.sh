@@ -106,6 +106,23 @@ step_profile_128k() {
   lap "step profile ($name)"
 }
 
+# llama_dummy_guard LIMIT: the issue-3 guard check. Random-weight Llama-3.1-8B
+# (bench/configs/llama-3.1-8b, --load-format dummy, eager), TTFT at 32768 and 131000 tokens,
+# stock FLASH_ATTN then anchor (defaults), bench/serve_offline.py in-process at its default chunk
+# (the launcher's, since d8b6724), each run limited to LIMIT seconds; $R/serve_llama8b_dummy_*.json
+# and $R/summary_llama8b_dummy.json, whose per-length ratios it prints.
+llama_dummy_guard() {
+  local limit=$1 b
+  for b in FLASH_ATTN anchor; do
+    timeout "$limit" python3 "$REPO/bench/serve_offline.py" --model "$REPO/bench/configs/llama-3.1-8b" --dummy --eager \
+      --backend $b --max-model-len 131072 --tasks ttft --ttft-lengths 32768 131000 --ttft-runs 5 \
+      --out "$R/serve_llama8b_dummy_$b.json" > "$R/serve_llama8b_dummy_$b.log" 2>&1 || tail -20 "$R/serve_llama8b_dummy_$b.log"
+    lap "llama dummy $b"
+  done
+  python3 "$REPO/bench/compare_serving.py" "$R/serve_llama8b_dummy_FLASH_ATTN.json" "$R/serve_llama8b_dummy_anchor.json" \
+    --out "$R/summary_llama8b_dummy.json" && grep -A3 '"32768"\|"131000"' "$R/summary_llama8b_dummy.json"
+}
+
 # anchor_metrics PORT FILE: the server's vllm_anchor_* /metrics lines into FILE, and one line with
 # its anchor layer calls and dense fallbacks summed over layers.
 anchor_metrics() {
