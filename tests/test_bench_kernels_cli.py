@@ -62,3 +62,19 @@ def test_summary_is_per_variant_and_theta():
     assert [s["speedup_all_layers"] for s in out] == [2.0, 2.0, 4.0, 4.0]
     assert out[2]["recall_mean"] == pytest.approx(0.9)
     assert AnchorConfig(**bench_kernels.parse_variant("group_size=1024")).group_size == 1024
+
+
+def test_row_relative_error_finds_the_one_bad_row_a_norm_hides():
+    import torch
+    g = torch.Generator().manual_seed(3)
+    ref = torch.randn(4096, 4, 64, generator=g)
+    out = ref.clone()
+    out[17, 2] *= 1.05  # one (token, head) row 5% off
+    assert bench_kernels.rel_err(out, ref) < 2e-3  # the whole-tensor norm barely moves
+    r = bench_kernels.row_rel_err(out, ref)
+    assert r["max_row_rel_err"] == pytest.approx(0.05, rel=1e-4)
+    assert r["p999_row_rel_err"] < 1e-6  # every other row is exact
+    # a reference row of zeros does not divide by zero
+    ref[5, 0] = 0.0
+    out[5, 0] = 0.0
+    assert bench_kernels.row_rel_err(out, ref)["max_row_rel_err"] == pytest.approx(0.05, rel=1e-4)
