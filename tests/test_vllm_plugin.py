@@ -1,13 +1,14 @@
 """vLLM glue on the CPU: registration and alias, settings and their rejections, routing."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
 from vllm_anchor.kernels import AnchorConfig, plan_anchor_prefill, stripe_density
-from vllm_anchor.routing import DensityGuard, first_anchor_request, slice_requests
+from vllm_anchor.routing import DensityGuard, context_bucket, first_anchor_request, slice_requests
 from vllm_anchor.settings import KNOWN_KEYS, AnchorSettings, load_settings, parse_layers
 
 
@@ -173,6 +174,25 @@ def test_density_guard_skips_dense_layers_and_reprobes():
     assert not g.dense_after_measuring(0.05)  # the probe finds it sparse again ...
     assert g.estimate == pytest.approx(0.275)
     assert not g.skip_measurement()           # ... so the next call measures, no skip
+
+
+def test_density_guard_keeps_one_verdict_per_context_bucket():
+    g = DensityGuard(threshold=0.5, probe_every=4)
+    short, long = context_bucket(32768), context_bucket(131000)
+    assert (short, long) == (30, 34)
+    assert not g.skip_measurement(short) and g.dense_after_measuring(0.7, short)  # dense at 32k
+    # the 128k calls have not been measured: they measure (and run sparse) on their own
+    assert not g.skip_measurement(long) and not g.dense_after_measuring(0.3, long)
+    assert [g.skip_measurement(long) for _ in range(3)] == [False] * 3
+    assert [g.skip_measurement(short) for _ in range(4)] == [True, True, False, True]  # probe: 4th call
+    assert g.estimate_for(short) == pytest.approx(0.7) and g.estimate_for(long) == pytest.approx(0.3)
+    assert g.estimate is None  # the unkeyed estimate is a key of its own
+
+
+def test_context_buckets_are_half_octaves():
+    assert [context_bucket(n) for n in (24576, 32768, 46341, 65536, 98304, 131000, 131072, 1 << 20)] == \
+        [29, 30, 31, 32, 33, 34, 34, 40]
+    assert context_bucket(0) == 0
 
 
 def test_guard_threshold_one_never_falls_back():
@@ -358,7 +378,8 @@ def test_backend_forward_runs_sparse_then_follows_the_late_density(monkeypatch):
     layer = type("Layer", (), {"layer_name": "model.layers.3.self_attn.attn"})()
     plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, 4, 2, 16, "cpu")
     md = AnchorMetadata(fa="whole-batch FA metadata", fa_head=None,
-                        anchor=AnchorPrefillMetadata(plan, case.block_table, 0, case.q.shape[0]))
+                        anchor=AnchorPrefillMetadata(plan, case.block_table, 0, case.q.shape[0], 160))
+    bucket = context_bucket(160)
     try:
         out = torch.full_like(case.q, float("nan"))
         impl.forward(layer, case.q, None, None, case.kv_cache, md, out)
@@ -368,7 +389,7 @@ def test_backend_forward_runs_sparse_then_follows_the_late_density(monkeypatch):
         assert R.relative_error(out, ref) < 1e-4
         stats = STATS.snapshot()[layer.layer_name]
         assert (stats["calls"], stats["fallbacks"], stats["measured"]) == (1, 0, 0)  # density not read yet
-        assert impl._guard.estimate is None
+        assert impl._guard.estimate_for(bucket) is None
 
         out2 = torch.full_like(case.q, float("nan"))
         impl.forward(layer, case.q, None, None, case.kv_cache, md, out2)
@@ -376,7 +397,58 @@ def test_backend_forward_runs_sparse_then_follows_the_late_density(monkeypatch):
         assert stock_calls == ["whole-batch FA metadata"] and (out2 == 7.0).all()
         assert (stats["calls"], stats["fallbacks"], stats["measured"]) == (2, 1, 1)
         assert stats["last_density"] == pytest.approx(stripe_density(plan, _counts(case, plan, cfg)))
-        assert impl._guard.estimate > 0.01
+        assert impl._guard.estimate_for(bucket) > 0.01
+    finally:
+        STATS.reset()
+        STATS.auto_flush = True
+
+
+def test_backend_credits_a_late_density_to_the_context_that_measured_it(monkeypatch):
+    """A layer measured dense on one context runs stock attention there, while a call of another
+    context bucket (same layer, next call) still measures and runs sparse; the in-flight density
+    read lands under the key of the call that made it, not the key of the call that reads it."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from paged_case import make_case
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
+
+    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.stats import STATS
+
+    cfg = AnchorConfig(theta=2.0, sink_tokens=8, local_tokens=8, group_size=64, pool_block=16, tail_tokens=8)
+    case = make_case([(40, 120)], 4, 2, 16, dtype=torch.float32, seed=5, strong_frac=0.2, strong_gain=1.6)
+    impl = AnchorImpl(4, 16, case.scale, 2, None, None, "auto")
+    impl.settings = AnchorSettings(kernel=cfg, density_guard=0.01)
+    impl._guard = DensityGuard(threshold=0.01)
+    stock_calls = []
+
+    def stock(self, layer, query, key, value, kv_cache, md, output, *args):
+        stock_calls.append(md)
+        output.fill_(7.0)
+        return output
+    monkeypatch.setattr(FlashAttentionImpl, "forward", stock)
+    STATS.auto_flush = False
+    STATS.reset()
+    layer = type("Layer", (), {"layer_name": "model.layers.5.self_attn.attn"})()
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, 4, 2, 16, "cpu")
+
+    def batch(context):  # the same chunk, labelled with the context the guard keys on
+        return AnchorMetadata(fa=f"FA at {context}", fa_head=None,
+                              anchor=AnchorPrefillMetadata(plan, case.block_table, 0, case.q.shape[0], context))
+
+    def call(context):
+        out = torch.full_like(case.q, float("nan"))
+        impl.forward(layer, case.q, None, None, case.kv_cache, batch(context), out)
+        return out
+    short, long = context_bucket(32768), context_bucket(131000)
+    try:
+        assert not (call(32768) == 7.0).all()  # measured: finishes sparse
+        assert not (call(131000) == 7.0).all()  # its own bucket, unmeasured: sparse again
+        assert impl._guard.estimate_for(short) > 0.01 and impl._guard.estimate_for(long) is None
+        assert stock_calls == []
+        assert (call(32768) == 7.0).all() and stock_calls == ["FA at 32768"]  # 32k is known dense now
+        assert impl._guard.estimate_for(long) > 0.01  # the 128k reading landed under its own key
+        assert (call(131000) == 7.0).all() and stock_calls == ["FA at 32768", "FA at 131000"]
     finally:
         STATS.reset()
         STATS.auto_flush = True
@@ -482,3 +554,37 @@ def _counts(case, plan, cfg):
     run_anchor_step(call, ws)
     run_stripe_step(call, ws)
     return ws.counts
+
+
+def test_builder_labels_the_anchor_batch_with_its_longest_context(monkeypatch):
+    """``AnchorMetadataBuilder.build`` on a mixed batch (a decode, a short prefill, two long
+    prefill chunks): the anchor part starts at the first long request and carries the longest
+    anchored context, which keys the density guard. FA's own build (GPU-only) is stubbed."""
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionMetadataBuilder
+
+    from vllm_anchor.backend import AnchorMetadataBuilder
+    from vllm_anchor.settings import load_settings
+
+    from types import SimpleNamespace
+    monkeypatch.setattr(FlashAttentionMetadataBuilder, "build", lambda self, prefix, cm, fast=False:
+                        SimpleNamespace(requests=cm.num_reqs, scheduler_metadata=None))
+    b = AnchorMetadataBuilder.__new__(AnchorMetadataBuilder)
+    b.settings = load_settings({"anchor": {"min_seq_len": 24576}})
+    b._plans, b.reorder_batch_threshold = True, 1
+    b.num_heads_q, b.num_heads_kv, b.head_size, b.device = 9, 3, 64, torch.device("cpu")
+    q_lens, seq = [1, 300, 4096, 2048], [5000, 300, 40000, 30000]
+    qsl = torch.tensor([0] + list(itertools.accumulate(q_lens)), dtype=torch.int32)
+    seq_t = torch.tensor(seq, dtype=torch.int32)
+    n = int(qsl[-1])
+    cm = CommonAttentionMetadata(
+        query_start_loc=qsl.clone(), query_start_loc_cpu=qsl, seq_lens=seq_t.clone(), num_reqs=4,
+        num_actual_tokens=n, max_query_len=4096, max_seq_len=40000,
+        block_table_tensor=torch.zeros(4, 2500, dtype=torch.int32), slot_mapping=torch.arange(n),
+        seq_lens_cpu_upper_bound=seq_t, positions=torch.arange(n),
+        is_prefilling=torch.tensor([False, True, True, True]))
+    md = b.build(0, cm)
+    assert md.fa.requests == 4 and md.fa_head.requests == 2  # the whole batch; the two short ones
+    a = md.anchor
+    assert (a.token_start, a.token_end) == (301, n)
+    assert a.context_tokens == 40000 and context_bucket(a.context_tokens) == 31

@@ -32,7 +32,7 @@ from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, run_anchor_step, ru
                                      shared_workspace, step_workspace_nbytes)
 from vllm_anchor.kernels.plan import stripe_density_parts
 
-from .routing import DeferredDensity, DensityGuard, first_anchor_request, slice_requests
+from .routing import DeferredDensity, DensityGuard, context_bucket, first_anchor_request, slice_requests
 from .settings import AnchorSettings, load_settings
 from .stats import STATS
 
@@ -45,6 +45,7 @@ class AnchorPrefillMetadata:
     block_table: torch.Tensor  # [num_anchor_reqs, max_blocks]
     token_start: int  # first anchor token in the batch
     token_end: int
+    context_tokens: int = 0  # the longest anchored request's context after this chunk (the guard's key)
     workspaces: dict = field(default_factory=dict)  # per layer shape, shared by the step's layers
 
     def workspace(self, call: _Call) -> AnchorWorkspace:
@@ -110,7 +111,8 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
                                    self.settings.kernel, self.num_heads_q, self.num_heads_kv,
                                    self.head_size, self.device)
         anchor = AnchorPrefillMetadata(plan=plan, block_table=cm.block_table_tensor[k:cm.num_reqs],
-                                       token_start=start, token_end=end)
+                                       token_start=start, token_end=end,
+                                       context_tokens=int(cm.seq_lens_cpu_upper_bound[k:cm.num_reqs].max()))
         return AnchorMetadata(fa, fa_head, anchor)
 
     def _first_anchor_request(self, cm: CommonAttentionMetadata) -> int:
@@ -162,6 +164,7 @@ class AnchorImpl(FlashAttentionImpl):
         self._layer_on: bool | None = None  # resolved at the first forward (needs the layer name)
         self._guard = DensityGuard(self.settings.density_guard)
         self._density = DeferredDensity()
+        self._density_key = None  # the guard key of the call whose density is in flight
         self._sync_density = False
         cfg = get_current_vllm_config_or_none()
         sched, model = getattr(cfg, "scheduler_config", None), getattr(cfg, "model_config", None)
@@ -212,20 +215,22 @@ class AnchorImpl(FlashAttentionImpl):
         except Exception as e:  # never block start-up on a warm-up; the first request compiles
             logger.warning("vllm-anchor: kernel warm-up failed (%r); compiling on first use", e)
 
-    def _measure_and_record(self, name: str, plan: AnchorPlan, ws) -> bool:
-        """Queue this call's density read-back (the guard sees it at the layer's next call) and
-        record the call. Returns True (run dense now) only on the fallback path: once the
-        deferred read has failed, the layer reads its density synchronously, as it used to."""
+    def _measure_and_record(self, name: str, plan: AnchorPlan, ws, key) -> bool:
+        """Queue this call's density read-back (the guard sees it, under this call's ``key``, at
+        the layer's next call) and record the call. Returns True (run dense now) only on the
+        fallback path: once the deferred read has failed, the layer reads its density
+        synchronously, as it used to."""
         if not self._sync_density:
             try:
                 self._density.start(*stripe_density_parts(plan, ws.counts))
+                self._density_key = key
                 STATS.record(name, None, fallback=False)
                 return False
             except Exception as e:  # never fail a request over a statistic
                 logger.warning("vllm-anchor: deferred density read failed (%r); reading it synchronously", e)
                 self._sync_density = True
         density = stripe_density(plan, ws.counts)  # one host sync
-        dense = self._guard.dense_after_measuring(density)
+        dense = self._guard.dense_after_measuring(density, key)
         STATS.record(name, density, fallback=dense)
         return dense
 
@@ -258,18 +263,19 @@ class AnchorImpl(FlashAttentionImpl):
         name = getattr(layer, "layer_name", "?")
         density = self._density.take()  # an earlier call's measurement, once it has landed
         if density is not None:
-            self._guard.update(density)
+            self._guard.update(density, self._density_key)
             STATS.record_density(name, density)
-        if self._guard.skip_measurement():  # this layer was too dense lately: stock FA, no waste
+        a = md.anchor
+        bucket = context_bucket(a.context_tokens)
+        if self._guard.skip_measurement(bucket):  # too dense lately at this context: stock FA, no waste
             STATS.record(name, None, fallback=True)
             return super().forward(layer, query, key, value, kv_cache, md.fa, output)
-        a = md.anchor
         rows = slice(a.token_start, a.token_end)
         call = _Call(query[rows], kv_cache, a.block_table, a.plan, self.scale)
         ws = a.workspace(call)
         run_anchor_step(call, ws)
         run_stripe_step(call, ws)
-        if self._measure_and_record(name, a.plan, ws):
+        if self._measure_and_record(name, a.plan, ws, bucket):
             return super().forward(layer, query, key, value, kv_cache, md.fa, output)
         if md.fa_head is not None:
             super().forward(layer, query, key, value, kv_cache, md.fa_head, output)
