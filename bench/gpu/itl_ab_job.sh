@@ -8,13 +8,17 @@
 #   L (about 5 min): the same on Llama-3.1-8B's architecture with random weights
 #      (bench/configs/llama-3.1-8b, --load-format dummy): a decode step that the GPU's weight reads
 #      set (~16 GB per step), not the host, as for the models users serve.
+#   C (about 5 min): the control of S: three SmolLM2 engines, FLASH_ATTN, anchor, FLASH_ATTN
+#      (an A/A pair: does the engine built later run slower?), each round at 30000 tokens
+#      (anchored prefill) and at 1000 (no engine runs anchor: is the prefill what costs decode?),
+#      6 rounds, the engine that goes first rotating.
 #   E (about 1 min): bench/kernels.py synthetic, Llama shape at 131072 tokens, 10% strong
 #      columns, theta 12 and inf: the whole-tensor and per-row relative error against FA3 and the
 #      speed-up (issue 2).
 # S and L sample the GPU's SM clock and power every 0.5 s (nvidia-smi) beside the runs.
-# Usage on the GPU host: bash bench/gpu/itl_ab_job.sh S|L|E   (results: $OUT/itl_ab_$1.tar.gz)
+# Usage on the GPU host: bash bench/gpu/itl_ab_job.sh S|L|C|E   (results: $OUT/itl_ab_$1.tar.gz)
 PART=$1
-case "$PART" in S|L|E) ;; *) echo "usage: bash bench/gpu/itl_ab_job.sh S|L|E" >&2; exit 2 ;; esac
+case "$PART" in S|L|C|E) ;; *) echo "usage: bash bench/gpu/itl_ab_job.sh S|L|C|E" >&2; exit 2 ;; esac
 source bench/gpu/setup.sh
 cd /tmp
 job_results itl_ab_$PART itl_ab_$PART
@@ -31,15 +35,18 @@ nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,utilization.gpu,power.draw
   --format=csv -lms 500 > "$R/nvidia_smi.csv" 2>&1 &
 SMI=$!
 if [ "$PART" = S ]; then
-  ARGS=(--model "$SMOLLM2" --out "$R/itl_ab_smollm2.json")
+  ARGS=(--model "$SMOLLM2" --pairs 8 --out "$R/itl_ab_smollm2.json")
   LIMIT=330
+elif [ "$PART" = C ]; then
+  ARGS=(--model "$SMOLLM2" --backends FLASH_ATTN anchor FLASH_ATTN --prompt-lens 30000 1000 --pairs 6
+        --out "$R/itl_ab_smollm2_control.json")
+  LIMIT=450
 else
-  ARGS=(--model "$REPO/bench/configs/llama-3.1-8b" --dummy --out "$R/itl_ab_llama8b_dummy.json")
+  ARGS=(--model "$REPO/bench/configs/llama-3.1-8b" --dummy --pairs 8 --out "$R/itl_ab_llama8b_dummy.json")
   LIMIT=480
 fi
-timeout $LIMIT python3 "$REPO/bench/itl_ab.py" --max-model-len 32768 --prompt-len 30000 --tokens 512 --pairs 8 \
-  "${ARGS[@]}" > "$R/itl_ab.log" 2>&1 || { echo "itl_ab failed:"; grep -v "^(EngineCore" "$R/itl_ab.log" | tail -25; }
-grep "engine up\|^pair\|^itl_ab" "$R/itl_ab.log"
+timeout $LIMIT python3 "$REPO/bench/itl_ab.py" --max-model-len 32768 --tokens 512 "${ARGS[@]}" > "$R/itl_ab.log" 2>&1 || { echo "itl_ab failed:"; grep -v "^(EngineCore" "$R/itl_ab.log" | tail -25; }
+grep "engine up\|^round\|^itl_ab" "$R/itl_ab.log" | cut -c1-300
 kill $SMI 2>/dev/null
 python3 - "$R/nvidia_smi.csv" <<'PY'
 import csv, statistics, sys
