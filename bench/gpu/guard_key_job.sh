@@ -11,8 +11,10 @@
 # Each anchor server against stock, prompts sent in turn: 32K (6 prompts) then 131000 (8 prompts),
 # the first of each length not counted; the workers' stats files (density sum, measured calls,
 # fallbacks per layer) are copied after each length, so per-length densities can be told apart.
-# Results: $OUT/guard_key.tar.gz.
-# Usage on the GPU host: [OLD_SRC=.old/vllm_anchor_1053d2b.tar] bash bench/gpu/guard_key_job.sh
+# MIX=1 instead sends both lengths in one bench run, 6 prompts each, as bench/gpu/chunk_job.sh did
+# for the 0.630x of lease21_h100/chunk (the stats then cover both lengths together).
+# Results: $OUT/guard_key.tar.gz ($OUT/guard_key_mix.tar.gz with MIX=1).
+# Usage on the GPU host: [MIX=1] [OLD_SRC=.old/vllm_anchor_1053d2b.tar] bash bench/gpu/guard_key_job.sh
 OLD_SRC=${OLD_SRC:-.old/vllm_anchor_1053d2b.tar}
 source bench/gpu/setup.sh
 OLD=""
@@ -22,7 +24,8 @@ if [ -f "$OLD_SRC" ]; then
   OLD=/tmp/pkg_old
 fi
 cd /tmp
-job_results guard_key guard_key
+NAME=guard_key${MIX:+_mix}
+job_results $NAME $NAME
 echo "== $GPU_NAME"; date
 smollm2_common 128k
 COMMON=("${COMMON[@]/12G/6G}")
@@ -43,15 +46,20 @@ for port in 8011 ${P21:+8021}; do  # which guard each anchor server's package ha
 done
 for run in "${PORTS[@]}"; do
   set -- $run
-  for len in 32K 131000; do
-    n=$([ $len = 32K ] && echo 6 || echo 8)
-    STOCK_PORT=8002 ttft_vs_stock 150 $1 $2 ttft_$2_${len}_vs_stock --input-lens $len --num-prompts $n
-    sleep 2  # the workers flush their stats a second after the last update
-    mkdir -p $R/stats_$2_$len && cp /tmp/stats-$1/worker-*.json $R/stats_$2_$len/ 2>/dev/null
-    lap "ttft $2 $len"
-  done
+  if [ -n "${MIX:-}" ]; then
+    STOCK_PORT=8002 ttft_vs_stock 200 $1 $2 ttft_$2_mix_vs_stock --input-lens 32K,131000 --num-prompts 6
+    lap "ttft $2 mixed lengths"
+  else
+    for len in 32K 131000; do
+      n=$([ $len = 32K ] && echo 6 || echo 8)
+      STOCK_PORT=8002 ttft_vs_stock 150 $1 $2 ttft_$2_${len}_vs_stock --input-lens $len --num-prompts $n
+      sleep 2  # the workers flush their stats a second after the last update
+      mkdir -p $R/stats_$2_$len && cp /tmp/stats-$1/worker-*.json $R/stats_$2_$len/ 2>/dev/null
+      lap "ttft $2 $len"
+    done
+  fi
   anchor_metrics $1 $R/metrics_$2.txt
 done
 stop_servers $P2 $P11 ${P21:-}
-python3 "$REPO/bench/guard_key_summary.py" "$R" | tee "$R/summary.txt" | cut -c1-250
+[ -z "${MIX:-}" ] && python3 "$REPO/bench/guard_key_summary.py" "$R" | tee "$R/summary.txt" | cut -c1-250
 date
