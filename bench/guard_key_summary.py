@@ -15,6 +15,7 @@ import argparse
 import glob
 import json
 import os
+import re
 
 LENGTHS = ("32K", "131000")
 FIELDS = ("calls", "fallbacks", "measured", "density_sum")
@@ -32,6 +33,11 @@ def load_stats(folder: str) -> dict[str, dict]:
     return total
 
 
+def layer_order(name: str) -> tuple:
+    """Sort key: model.layers.10 after model.layers.9 (numbers compared as numbers)."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
 def window(after: dict, before: dict) -> dict:
     """Per-layer counts between two snapshots, summed over layers, with the per-layer densities."""
     layers = {}
@@ -43,7 +49,7 @@ def window(after: dict, before: dict) -> dict:
             "fallbacks": sum(v["fallbacks"] for v in layers.values()),
             "measured": sum(v["measured"] for v in layers.values()),
             "layers_mean_density_above_0_5": sum(d > 0.5 for d in dens.values()),
-            "layer_density": dict(sorted(dens.items()))}
+            "layer_density": dict(sorted(dens.items(), key=lambda kv: layer_order(kv[0])))}
 
 
 def ttft(path: str) -> dict | None:
@@ -88,7 +94,7 @@ def main():
                   f"measured {g['measured']}, layers with mean density > 0.5: {g['layers_mean_density_above_0_5']}")
         for n, r in per_len.items():
             dens = " ".join(f"{v:.2f}" for v in r["guard"]["layer_density"].values())
-            print(f"{label:8s} {n:>6s} per-layer density (layer order as named): {dens}")
+            print(f"{label:8s} {n:>6s} per-layer density, layer 0 first: {dens}")
     with open(a.json or os.path.join(a.folder, "summary.json"), "w") as f:
         json.dump(s, f, indent=1)
 

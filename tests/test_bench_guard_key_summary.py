@@ -40,3 +40,8 @@ def test_the_long_window_is_the_difference_of_the_two_snapshots(tmp_path):
     assert (long["guard"]["calls"], long["guard"]["fallbacks"], long["guard"]["measured"]) == (32, 0, 32)
     assert long["guard"]["layer_density"] == pytest.approx({"l0": 0.25, "l1": 0.3})
     assert long["ttft"]["ratio"] == pytest.approx(0.5) and short["ttft"]["anchor_ms"] == 150.0
+
+
+def test_layers_are_listed_in_model_order():
+    names = [f"model.layers.{i}.self_attn.attn" for i in (10, 2, 0, 1)]
+    assert sorted(names, key=gks.layer_order) == [f"model.layers.{i}.self_attn.attn" for i in (0, 1, 2, 10)]
