@@ -34,6 +34,10 @@ class AnchorSettings:
         SmolLM2, 0.5-0.6 on the Llama-8B shape at 32k-128k; 0.5 took SmolLM2's 131000-token TTFT
         from 0.83x to 0.58x of stock (bench/results/serving/ttft_*_h200.json). It does not
         change what a sparse layer attends to (theta does), only which layers run sparse.
+        Each layer keeps its verdict per half-octave of context (``routing.context_bucket``):
+        SmolLM2's layers are far denser at 32k than at 128k, and one verdict for both ran 128k
+        chunks dense that measure sparse (0.61x vs 0.47x of stock at 131000 tokens,
+        bench/results/lease23_h100/guard_key/).
     layers:
         ``"all"`` or a comma list of layer indices and ranges (``"0-3,7"``) that use anchor.
     enabled:
