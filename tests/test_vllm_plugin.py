@@ -348,21 +348,20 @@ def test_deferred_density_lands_a_call_later():
     assert d.take() == 0.0
 
 
-def test_backend_forward_runs_sparse_then_follows_the_late_density(monkeypatch):
-    """AnchorImpl.forward on a hand-built anchor batch (CPU, Triton interpreter): a measured call
-    finishes sparse and equals the reference; its density reaches the guard at the next call,
-    which, above the threshold, runs stock attention (stubbed here) and records a fallback."""
+def _guarded_impl(monkeypatch, seed):
+    """An ``AnchorImpl`` on a small hand-built case whose guard (threshold 0.01) sends any
+    measured layer dense, stock attention stubbed to fill the output with 7 and record the
+    metadata it got, and statistics flushed by hand (the caller resets them)."""
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from paged_case import make_case
     from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
 
-    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
-    from vllm_anchor.kernels import reference as R
+    from vllm_anchor.backend import AnchorImpl
     from vllm_anchor.stats import STATS
 
     cfg = AnchorConfig(theta=2.0, sink_tokens=8, local_tokens=8, group_size=64, pool_block=16, tail_tokens=8)
-    case = make_case([(40, 120)], 4, 2, 16, dtype=torch.float32, seed=3, strong_frac=0.2, strong_gain=1.6)
+    case = make_case([(40, 120)], 4, 2, 16, dtype=torch.float32, seed=seed, strong_frac=0.2, strong_gain=1.6)
     impl = AnchorImpl(4, 16, case.scale, 2, None, None, "auto")
     impl.settings = AnchorSettings(kernel=cfg, density_guard=0.01)
     impl._guard = DensityGuard(threshold=0.01)
@@ -375,8 +374,20 @@ def test_backend_forward_runs_sparse_then_follows_the_late_density(monkeypatch):
     monkeypatch.setattr(FlashAttentionImpl, "forward", stock)
     STATS.auto_flush = False
     STATS.reset()
-    layer = type("Layer", (), {"layer_name": "model.layers.3.self_attn.attn"})()
     plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, 4, 2, 16, "cpu")
+    return case, cfg, impl, plan, stock_calls
+
+
+def test_backend_forward_runs_sparse_then_follows_the_late_density(monkeypatch):
+    """AnchorImpl.forward on a hand-built anchor batch (CPU, Triton interpreter): a measured call
+    finishes sparse and equals the reference; its density reaches the guard at the next call,
+    which, above the threshold, runs stock attention (stubbed here) and records a fallback."""
+    from vllm_anchor.backend import AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.kernels import reference as R
+    from vllm_anchor.stats import STATS
+
+    case, cfg, impl, plan, stock_calls = _guarded_impl(monkeypatch, seed=3)
+    layer = type("Layer", (), {"layer_name": "model.layers.3.self_attn.attn"})()
     md = AnchorMetadata(fa="whole-batch FA metadata", fa_head=None,
                         anchor=AnchorPrefillMetadata(plan, case.block_table, 0, case.q.shape[0], 160))
     bucket = context_bucket(160)
@@ -407,30 +418,11 @@ def test_backend_credits_a_late_density_to_the_context_that_measured_it(monkeypa
     """A layer measured dense on one context runs stock attention there, while a call of another
     context bucket (same layer, next call) still measures and runs sparse; the in-flight density
     read lands under the key of the call that made it, not the key of the call that reads it."""
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from paged_case import make_case
-    from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
-
-    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.backend import AnchorMetadata, AnchorPrefillMetadata
     from vllm_anchor.stats import STATS
 
-    cfg = AnchorConfig(theta=2.0, sink_tokens=8, local_tokens=8, group_size=64, pool_block=16, tail_tokens=8)
-    case = make_case([(40, 120)], 4, 2, 16, dtype=torch.float32, seed=5, strong_frac=0.2, strong_gain=1.6)
-    impl = AnchorImpl(4, 16, case.scale, 2, None, None, "auto")
-    impl.settings = AnchorSettings(kernel=cfg, density_guard=0.01)
-    impl._guard = DensityGuard(threshold=0.01)
-    stock_calls = []
-
-    def stock(self, layer, query, key, value, kv_cache, md, output, *args):
-        stock_calls.append(md)
-        output.fill_(7.0)
-        return output
-    monkeypatch.setattr(FlashAttentionImpl, "forward", stock)
-    STATS.auto_flush = False
-    STATS.reset()
+    case, cfg, impl, plan, stock_calls = _guarded_impl(monkeypatch, seed=5)
     layer = type("Layer", (), {"layer_name": "model.layers.5.self_attn.attn"})()
-    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, 4, 2, 16, "cpu")
 
     def batch(context):  # the same chunk, labelled with the context the guard keys on
         return AnchorMetadata(fa=f"FA at {context}", fa_head=None,
