@@ -12,7 +12,6 @@ late (the guard reads each call's density at the layer's next call) can land in 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -22,15 +21,10 @@ FIELDS = ("calls", "fallbacks", "measured", "density_sum")
 
 
 def load_stats(folder: str) -> dict[str, dict]:
-    """Per-layer totals over the worker files in ``folder`` (none: empty)."""
-    total: dict[str, dict] = {}
-    for path in glob.glob(os.path.join(folder, "worker-*.json")):
-        with open(path) as f:
-            for name, s in json.load(f).items():
-                t = total.setdefault(name, dict.fromkeys(FIELDS, 0))
-                for k in FIELDS:
-                    t[k] += s.get(k, 0)
-    return total
+    """Per-layer totals over the worker files in ``folder`` (none: empty), summed as the
+    server's /metrics collector sums them."""
+    from vllm_anchor.metrics import read_stats
+    return read_stats(folder)
 
 
 def layer_order(name: str) -> tuple:
