@@ -14,6 +14,9 @@
 # Ran at d8b6724 on an H100 80GB HBM3 as one job (G, then I with one process per backend):
 # G gave 0.999x / 0.999x (lease22_h100/guard_itl/); stock's 5 ITL runs spread 1.86-2.72 ms per
 # step and the anchor process was stopped by the call's time limit before its runs.
+# G ran again at 9c4a09c with the keyed guard: 0.999x / 1.000x (lease23_h100/guard_itl_G/).
+# Part I has not run in this form; bench/gpu/itl_ab_job.sh (both engines in one process, runs
+# alternating, an A/A control) replaced it for the ITL question (lease23_h100/itl_ab_*).
 # Usage on the GPU host: bash bench/gpu/guard_itl_job.sh G|I   (results: $OUT/guard_itl_$1.tar.gz)
 PART=$1
 case "$PART" in G|I) ;; *) echo "usage: bash bench/gpu/guard_itl_job.sh G|I" >&2; exit 2 ;; esac
