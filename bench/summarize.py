@@ -97,6 +97,17 @@ def sweep_tables(d: dict, target: float, target_p5: float) -> list[str]:
             if steps:
                 line += f" {s['anchor_step_ms']:.1f} / {s['stripe_step_ms']:.1f} / {s['sparse_step_ms']:.1f} |"
             out.append(line)
+        if "speedup_guarded" in summ[0]:
+            out += ["", f"As the density guard serves it (layers above stripe density {summ[0]['guard']:g} "
+                    "run FA3: its time, recall 1):", "",
+                    "| variant | θ | speed-up | recall mean | recall p5 | worst layer | dense layers |",
+                    "|---|---:|---:|---:|---:|---:|---|"]
+            for s in summ:
+                dense = s["dense_layers_guarded"]
+                out.append(f"| {s.get('variant', 'base')} | {s['theta']:g} | {s['speedup_guarded']:.2f}× | "
+                           f"{s['recall_mean_guarded']:.3f} | {s['recall_p5_mean_guarded']:.3f} | "
+                           f"{s['worst_layer_recall_guarded']:.3f} | "
+                           f"{len(dense)}{': ' + ', '.join(map(str, dense)) if dense else ''} |")
         for what, key, goal in (("mean recall", "recall_mean", target),
                                 ("the layers' mean p5 recall", "recall_p5_mean", target_p5)):
             out += ["", f"Speed-up where {what} reaches {goal} (linear between the measured θ):", "",

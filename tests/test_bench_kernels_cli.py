@@ -78,3 +78,44 @@ def test_row_relative_error_finds_the_one_bad_row_a_norm_hides():
     ref[5, 0] = 0.0
     out[5, 0] = 0.0
     assert bench_kernels.row_rel_err(out, ref)["max_row_rel_err"] == pytest.approx(0.05, rel=1e-4)
+
+
+def test_yarn_factor_gives_the_served_rope_and_length():
+    rope, max_pos = bench_kernels.yarn(16)
+    assert (rope["factor"], max_pos) == (16.0, 131072)  # bench/gpu/setup.sh's $YARN16
+    rope4, max_pos4 = bench_kernels.yarn(4)
+    assert (rope4, max_pos4) == (bench_kernels.YARN, 32768)  # every earlier SmolLM2 result
+    with pytest.raises(ValueError, match="factor"):
+        bench_kernels.yarn(0.5)
+
+
+def test_corpus_gives_exact_lengths_or_says_it_is_too_short(tmp_path):
+    from transformers import AutoTokenizer
+    from tiny_tokenizer import build_tiny_tokenizer
+    tok = AutoTokenizer.from_pretrained(build_tiny_tokenizer(tmp_path))
+    for corpus in ("pydoc", "auto"):
+        ids = bench_kernels.corpus_text_ids(tok, 3000, corpus)
+        assert ids.shape == (1, 3000) and ids.dtype == bench_kernels.torch.long
+    # pydoc keeps the text every earlier result was measured on: the sorted topics, joined
+    import pydoc_data.topics
+    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
+    assert bench_kernels.corpus_text_ids(tok, 500, "pydoc").tolist()[0] == tok(text).input_ids[:500]
+    with pytest.raises(ValueError, match="only"):
+        bench_kernels.corpus_text_ids(tok, 10**8, "pydoc")
+
+
+def test_guarded_summary_serves_dense_layers_at_fa3_time_with_full_recall():
+    # layer 0 too dense for the guard (0.8 > 0.5): served by FA3 (4 ms, recall 1); layer 1 sparse
+    rows = [{"tokens": 8, "layer": 0, "theta": 12.0, "fa3_ms": 4.0, "anchor_ms": 5.0, "stripe_density": 0.8,
+             "attended_fraction": 0.9, "recall_mean": 0.97, "recall_p5": 0.90, "rel_err_vs_fa3": 0.01},
+            {"tokens": 8, "layer": 1, "theta": 12.0, "fa3_ms": 4.0, "anchor_ms": 1.0, "stripe_density": 0.1,
+             "attended_fraction": 0.2, "recall_mean": 0.96, "recall_p5": 0.80, "rel_err_vs_fa3": 0.02}]
+    (s,) = bench_kernels.summarize(rows, 8, [12.0], guard=0.5)
+    assert s["speedup_all_layers"] == pytest.approx(8 / 6)
+    assert s["dense_layers_guarded"] == [0]
+    assert s["speedup_guarded"] == pytest.approx(8 / 5)
+    assert s["recall_mean_guarded"] == pytest.approx((1.0 + 0.96) / 2)
+    assert s["recall_p5_mean_guarded"] == pytest.approx((1.0 + 0.80) / 2)
+    assert s["worst_layer_recall_guarded"] == pytest.approx(0.96)
+    (off,) = bench_kernels.summarize(rows, 8, [12.0], guard=1.0)  # guard off: the kernels' figures
+    assert off["dense_layers_guarded"] == [] and off["speedup_guarded"] == pytest.approx(off["speedup_all_layers"])

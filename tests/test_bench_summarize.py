@@ -85,3 +85,18 @@ def test_gzipped_results_regenerate_their_committed_summary():
     committed = (ROOT / "bench/results/config_sweep_h100/summary.md").read_text().splitlines()
     rows = [x for x in lines if x.startswith("| base |") or x.startswith("| group_size=")]
     assert len(rows) >= 24 and all(r in committed for r in rows)
+
+
+def test_sweep_tables_add_the_guarded_table_when_the_summary_has_it():
+    guarded = {"guard": 0.5, "dense_layers_guarded": [0, 3], "speedup_guarded": 1.8,
+               "recall_mean_guarded": 0.975, "recall_p5_mean_guarded": 0.951, "worst_layer_recall_guarded": 0.9}
+    d = {"meta": {"command": "bench/kernels.py smollm2", "gpu": "H100"},
+         "summary": [{**_point(8, 0.94, 3.0), **guarded}, {**_point(10, 0.96, 2.0), **guarded,
+                                                         "dense_layers_guarded": []}]}
+    text = "\n".join(summarize.sweep_tables(d, 0.95, 0.86))
+    assert "layers above stripe density 0.5 run FA3" in text
+    assert "| base | 8 | 1.80× | 0.975 | 0.951 | 0.900 | 2: 0, 3 |" in text
+    assert "| base | 10 | 1.80× | 0.975 | 0.951 | 0.900 | 0 |" in text
+    # older result files have no guarded figures: no such table
+    old = {"meta": d["meta"], "summary": [_point(8, 0.94, 3.0)]}
+    assert "density guard" not in "\n".join(summarize.sweep_tables(old, 0.95, 0.86))
