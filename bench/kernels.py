@@ -31,7 +31,7 @@ import torch
 
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, new_workspace, plan_anchor_prefill, stripe_density
 from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run_stripe_step
-from vllm_anchor.kernels.plan import ITEM_NTAIL
+from vllm_anchor.kernels.plan import ITEM_LIST_OFF, ITEM_NTAIL
 from vllm_anchor.settings import AnchorSettings
 
 PAGE = 16
@@ -272,15 +272,38 @@ def capture_smollm2(model_dir: str, n: int, yarn_factor: float = 4.0, corpus: st
     return captured, scale
 
 
-def recall_sampled(q, k, plan, ws, cfg, scale, n, samples_per_item=16, seed=0):
-    """Attention-mass recall on sampled queries: dense causal softmax mass on anchor | stripes."""
-    gen = torch.Generator().manual_seed(seed)
+def _item_recall(q, k, plan, ws, cfg, scale, it, g, qi):
+    """Dense causal softmax mass on anchor | the item's stripe list, for query rows ``qi`` of
+    item ``it`` (group ``g``): ``[H * len(qi)]``."""
     h, hkv = q.shape[1], k.shape[1]
     num_sel = ws.counts.shape[1]
-    rec = []
+    off = int(plan.items_cpu[it, ITEM_LIST_OFF])
+    s = torch.einsum("qhd,shd->hqs", q[qi].float(),
+                     k[: int(qi.max()) + 1].float().repeat_interleave(h // hkv, 1)) * scale
+    j = torch.arange(s.shape[-1], device=q.device)
+    s = s.masked_fill(j[None, None, :] > qi[None, :, None], float("-inf"))
+    p = torch.softmax(s, -1)
+    local_lo = max(cfg.sink_tokens, g * cfg.group_size - cfg.local_tokens)
+    att = (j < cfg.sink_tokens) | (j >= local_lo)
+    mass = (p * att).sum(-1)  # [H, Q]
+    for hs in range(num_sel):
+        sel = ws.lists[hs, off:off + int(ws.counts[it, hs])].long()
+        heads = slice(hs * (h // num_sel), (hs + 1) * (h // num_sel))
+        mass[heads] += p[heads][..., sel].sum(-1) if sel.numel() else 0
+    return mass.flatten()
+
+
+def recall_sampled(q, k, plan, ws, cfg, scale, n, samples_per_item=16, seed=0):
+    """Attention-mass recall on sampled queries: dense causal softmax mass on anchor | stripes.
+
+    Returns ``(sampled, tail)``: the recall of queries sampled over every item (in proportion to
+    its rows), and that of every one of the chunk's last ``tail_tokens`` queries (the question
+    of a prompt; None when no tail item has candidates)."""
+    gen = torch.Generator().manual_seed(seed)
+    rec, tail = [], None
     items = plan.items_cpu.tolist()
     tail_lo = max(0, n - cfg.tail_tokens)  # one sequence, one chunk: rows are positions
-    for it, (seq, cand_end, off, *_r) in enumerate(items):
+    for it, (seq, cand_end, *_r) in enumerate(items):
         if cand_end <= cfg.sink_tokens:  # no candidates: anchor covers everything, recall 1
             continue
         g = (cand_end + cfg.local_tokens) // cfg.group_size
@@ -290,21 +313,13 @@ def recall_sampled(q, k, plan, ws, cfg, scale, n, samples_per_item=16, seed=0):
         # samples in proportion to the item's rows (at least one), so a 64-row tail item does
         # not weigh like a whole group in the mean
         count = max(1, round(samples_per_item * (hi - lo) / cfg.group_size))
-        qi = torch.randint(lo, hi, (count,), generator=gen).cuda()
-        s = torch.einsum("qhd,shd->hqs", q[qi].float(),
-                         k[: int(qi.max()) + 1].float().repeat_interleave(h // hkv, 1)) * scale
-        j = torch.arange(s.shape[-1], device="cuda")
-        s = s.masked_fill(j[None, None, :] > qi[None, :, None], float("-inf"))
-        p = torch.softmax(s, -1)
-        local_lo = max(cfg.sink_tokens, g * cfg.group_size - cfg.local_tokens)
-        att = (j < cfg.sink_tokens) | (j >= local_lo)
-        mass = (p * att).sum(-1)  # [H, Q]
-        for hs in range(num_sel):
-            sel = ws.lists[hs, off:off + int(ws.counts[it, hs])].long()
-            heads = slice(hs * (h // num_sel), (hs + 1) * (h // num_sel))
-            mass[heads] += p[heads][..., sel].sum(-1) if sel.numel() else 0
-        rec.append(mass.flatten())
-    return torch.cat(rec) if rec else torch.ones(1, device="cuda")
+        qi = torch.randint(lo, hi, (count,), generator=gen).to(q.device)
+        rec.append(_item_recall(q, k, plan, ws, cfg, scale, it, g, qi))
+        if items[it][ITEM_NTAIL]:
+            rows = torch.arange(lo, hi, device=q.device)
+            t = _item_recall(q, k, plan, ws, cfg, scale, it, g, rows)
+            tail = t if tail is None else torch.cat([tail, t])
+    return (torch.cat(rec) if rec else torch.ones(1, device=q.device)), tail
 
 
 def run_smollm2(args):
@@ -329,12 +344,15 @@ def run_smollm2(args):
                 ms = time_ms(lambda: anchor_prefill(q, kv_cache, bt, plan, scale, out=out, workspace=ws),
                              budget_s=budget)
                 w = work(plan, ws, q.shape[1], d, n)
-                rec = recall_sampled(q, k, plan, ws, cfg, scale, n, seed=li)
+                rec, tail = recall_sampled(q, k, plan, ws, cfg, scale, n, seed=li)
                 row = {"tokens": n, "layer": li, "variant": spec, "theta": theta, "fa3_ms": fa_ms, "anchor_ms": ms,
                        "speedup_vs_fa3": fa_ms / ms, "stripe_density": w["stripe_density"],
                        "attended_fraction": w["attended_fraction"],
                        "recall_mean": float(rec.mean()), "recall_p5": float(rec.quantile(0.05)),
                        "recall_min": float(rec.min()), "rel_err_vs_fa3": rel_err(out, fa_out)}
+                if tail is not None:  # the chunk's last queries (a prompt's question), every one
+                    row.update(tail_recall_mean=float(tail.mean()), tail_recall_p5=float(tail.quantile(0.05)),
+                               tail_recall_min=float(tail.min()))
                 if args.steps:  # where the time goes, step by step (same workspace, same lists)
                     row.update(anchor_step_ms=time_ms(lambda: run_anchor_step(call, ws), budget_s=budget / 4),
                                stripe_step_ms=time_ms(lambda: run_stripe_step(call, ws), budget_s=budget / 4),
@@ -426,6 +444,12 @@ def summarize(rows, n, thetas, guard: float = 0.5):
                         "worst_layer_recall_guarded": min(m for m, _, _ in served)})
         if "anchor_step_ms" in r[0]:
             out[-1].update({k: sum(x[k] for x in r) for k in ("anchor_step_ms", "stripe_step_ms", "sparse_step_ms")})
+        if all("tail_recall_mean" in x for x in r):
+            tail_worst = min(r, key=lambda x: x["tail_recall_mean"])
+            out[-1].update({"tail_recall_mean": statistics.mean(x["tail_recall_mean"] for x in r),
+                            "tail_recall_p5_mean": statistics.mean(x["tail_recall_p5"] for x in r),
+                            "tail_worst_layer": tail_worst["layer"],
+                            "tail_worst_layer_recall_mean": tail_worst["tail_recall_mean"]})
     return out
 
 

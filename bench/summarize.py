@@ -86,16 +86,21 @@ def sweep_tables(d: dict, target: float, target_p5: float) -> list[str]:
         summ = [s for s in d["summary"] if s["tokens"] == n]
         variants = list(dict.fromkeys(s.get("variant", "base") for s in summ))
         steps = "anchor_step_ms" in summ[0]
+        tail = all("tail_recall_mean" in s for s in summ)
         out += [f"### {n} tokens, {summ[0]['layers']} layers, FA3 {summ[0]['fa3_ms_all_layers']:.1f} ms", "",
                 "| variant | θ | speed-up | recall mean | recall p5 | worst layer | attended |"
-                + (" anchor / stripe / sparse ms |" if steps else ""),
-                "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if steps else "")]
+                + (" anchor / stripe / sparse ms |" if steps else "")
+                + (" tail recall mean / p5 / worst layer |" if tail else ""),
+                "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if steps else "") + ("---:|" if tail else "")]
         for s in summ:
             line = (f"| {s.get('variant', 'base')} | {s['theta']:g} | {s['speedup_all_layers']:.2f}× | "
                     f"{s['recall_mean']:.3f} | {s['recall_p5_mean']:.3f} | "
                     f"{s['worst_layer']}: {s['worst_layer_recall_mean']:.3f} | {s['attended_fraction_mean']:.3f} |")
             if steps:
                 line += f" {s['anchor_step_ms']:.1f} / {s['stripe_step_ms']:.1f} / {s['sparse_step_ms']:.1f} |"
+            if tail:
+                line += (f" {s['tail_recall_mean']:.3f} / {s['tail_recall_p5_mean']:.3f} / "
+                         f"{s['tail_worst_layer']}: {s['tail_worst_layer_recall_mean']:.3f} |")
             out.append(line)
         if "speedup_guarded" in summ[0]:
             out += ["", f"As the density guard serves it (layers above stripe density {summ[0]['guard']:g} "

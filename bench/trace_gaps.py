@@ -12,7 +12,8 @@ reports:
 * ``steps``: per engine step (vLLM's ``execute_*`` annotations): wall time, GPU busy time inside it;
 * ``gaps``: the longest idle stretches, each with the host events (CUDA runtime calls, operators)
   that overlap it most, e.g. a ``cudaStreamSynchronize`` or a pageable ``cudaMemcpyAsync``;
-* ``runtime``: CUDA runtime/driver calls by name: count, total and longest duration.
+* ``runtime``: CUDA runtime/driver calls by name: count, total and longest duration;
+* ``kernels``: GPU time per kernel name (the ``top_kernels`` longest in total), launches counted.
 
   python bench/trace_gaps.py /tmp/prof/rank0.*.pt.trace.json.gz --out results/trace_floor.json
 """
@@ -58,7 +59,8 @@ def busy_within(merged: list[tuple[float, float]], lo: float, hi: float) -> floa
     return sum(max(0.0, min(e, hi) - max(s, lo)) for s, e in merged)
 
 
-def summarize(events: list[dict], top_gaps: int = 15, min_gap_us: float = 200.0) -> dict:
+def summarize(events: list[dict], top_gaps: int = 15, min_gap_us: float = 200.0,
+              top_kernels: int = 30) -> dict:
     gpu = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") in GPU_CATS]
     if not gpu:
         raise ValueError("the trace has no GPU events (was the profiler's CUDA activity on?)")
@@ -97,10 +99,17 @@ def summarize(events: list[dict], top_gaps: int = 15, min_gap_us: float = 200.0)
             r["total_ms"] += e["dur"] / 1e3
             r["max_ms"] = max(r["max_ms"], e["dur"] / 1e3)
     runtime = dict(sorted(runtime.items(), key=lambda kv: -kv[1]["total_ms"]))
+    kernels: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") == "kernel":
+            k = kernels.setdefault(e["name"], {"count": 0, "total_ms": 0.0})
+            k["count"] += 1
+            k["total_ms"] += e["dur"] / 1e3
+    kernels = dict(sorted(kernels.items(), key=lambda kv: -kv[1]["total_ms"])[:top_kernels])
     return {"gpu": {"window_ms": (hi - lo) / 1e3, "busy_ms": busy / 1e3, "idle_ms": (hi - lo - busy) / 1e3,
                     "gaps_over_min": len(gaps), "idle_in_gaps_over_min_ms": sum(b - a for a, b in gaps) / 1e3,
                     "min_gap_ms": min_gap_us / 1e3},
-            "steps": steps, "gaps": gap_rows, "runtime": runtime}
+            "steps": steps, "gaps": gap_rows, "runtime": runtime, "kernels": kernels}
 
 
 def main(argv=None):

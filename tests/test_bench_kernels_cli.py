@@ -119,3 +119,60 @@ def test_guarded_summary_serves_dense_layers_at_fa3_time_with_full_recall():
     assert s["worst_layer_recall_guarded"] == pytest.approx(0.96)
     (off,) = bench_kernels.summarize(rows, 8, [12.0], guard=1.0)  # guard off: the kernels' figures
     assert off["dense_layers_guarded"] == [] and off["speedup_guarded"] == pytest.approx(off["speedup_all_layers"])
+
+
+def test_summary_reports_the_tail_recall_when_every_layer_has_it():
+    base = {"tokens": 8, "theta": 12.0, "fa3_ms": 4.0, "anchor_ms": 1.0, "stripe_density": 0.1,
+            "attended_fraction": 0.2, "recall_mean": 0.9, "recall_p5": 0.5, "rel_err_vs_fa3": 0.02}
+    rows = [{**base, "layer": 0, "tail_recall_mean": 0.99, "tail_recall_p5": 0.97},
+            {**base, "layer": 1, "tail_recall_mean": 0.95, "tail_recall_p5": 0.90}]
+    (s,) = bench_kernels.summarize(rows, 8, [12.0])
+    assert s["tail_recall_mean"] == pytest.approx(0.97) and s["tail_recall_p5_mean"] == pytest.approx(0.935)
+    assert (s["tail_worst_layer"], s["tail_worst_layer_recall_mean"]) == (1, 0.95)
+    (s,) = bench_kernels.summarize([rows[0], {**base, "layer": 1}], 8, [12.0])  # one layer without a tail
+    assert "tail_recall_mean" not in s
+
+
+def test_recall_of_the_kernels_lists_matches_the_reference():
+    """The SmolLM2 bench's recall (dense softmax mass on anchor | the kernels' stripe lists) equals
+    the reference's ``attention_mass_recall`` on the same keys, sampled rows and tail rows alike
+    (CPU: the Triton kernels under the interpreter, fp32, one 300-token sequence)."""
+    import torch
+    from paged_case import make_case
+    from vllm_anchor.kernels import new_workspace, plan_anchor_prefill
+    from vllm_anchor.kernels import reference as R
+    from vllm_anchor.kernels.api import _Call
+
+    cfg = AnchorConfig(theta=1.0, sink_tokens=16, local_tokens=16, group_size=64, pool_block=16, tail_tokens=8)
+    case = make_case([(0, 300)], 4, 2, 32, seed=5, strong_frac=0.2, strong_gain=1.5)
+    k, v = case.seq_kv(0)
+    n = 300
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, *case.dims, "cpu")
+    ws = new_workspace(_Call(case.q, case.kv_cache, case.block_table, plan, case.scale))
+    bench_kernels.anchor_prefill(case.q, case.kv_cache, case.block_table, plan, case.scale, workspace=ws)
+    assert 0 < int(ws.counts.sum()) < int(plan.candidate_pairs)  # some columns kept, not all
+    q = case.q.float()
+    items = plan.items_cpu.tolist()
+    checked_tail = False
+    for it, item in enumerate(items):
+        cand_end = item[1]
+        if cand_end <= cfg.sink_tokens:
+            continue
+        g = (cand_end + cfg.local_tokens) // cfg.group_size
+        lo, hi = g * cfg.group_size, min(n, (g + 1) * cfg.group_size)
+        lo, hi = (max(lo, n - cfg.tail_tokens), hi) if item[bench_kernels.ITEM_NTAIL] else (lo, min(hi, n - cfg.tail_tokens))
+        rows = torch.arange(lo, hi)
+        got = bench_kernels._item_recall(q, k, plan, ws, cfg, case.scale, it, g, rows).view(4, -1)
+        off = int(plan.items_cpu[it, bench_kernels.ITEM_LIST_OFF])
+        mask = R.anchor_region_mask(lo, hi - lo, hi, cfg)[None].repeat(4, 1, 1)
+        for hs in range(ws.counts.shape[1]):
+            sel = ws.lists[hs, off:off + int(ws.counts[it, hs])].long()
+            heads = slice(hs * (4 // ws.counts.shape[1]), (hs + 1) * (4 // ws.counts.shape[1]))
+            mask[heads, :, sel] = True
+        want = R.attention_mass_recall(q[lo:hi], k[:hi], lo, case.scale, mask)
+        assert torch.allclose(got, want, atol=1e-5), (it, (got - want).abs().max())
+        checked_tail |= bool(item[bench_kernels.ITEM_NTAIL])
+    assert checked_tail
+    sampled, tail = bench_kernels.recall_sampled(q, k, plan, ws, cfg, case.scale, n)
+    assert tail.numel() == 4 * cfg.tail_tokens and bool((tail <= 1 + 1e-6).all()) and bool((sampled > 0).all())
+    assert float(tail.min()) < 1.0  # theta 1 misses some mass: the test can fail

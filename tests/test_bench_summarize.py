@@ -100,3 +100,14 @@ def test_sweep_tables_add_the_guarded_table_when_the_summary_has_it():
     # older result files have no guarded figures: no such table
     old = {"meta": d["meta"], "summary": [_point(8, 0.94, 3.0)]}
     assert "density guard" not in "\n".join(summarize.sweep_tables(old, 0.95, 0.86))
+
+
+def test_sweep_tables_show_the_tail_recall_when_every_row_has_it():
+    tail = {"tail_recall_mean": 0.991, "tail_recall_p5_mean": 0.962, "tail_worst_layer": 17,
+            "tail_worst_layer_recall_mean": 0.9}
+    d = {"meta": {"command": "bench/kernels.py smollm2", "gpu": "H100"},
+         "summary": [{**_point(8, 0.94, 3.0), **tail}, {**_point(10, 0.96, 2.0), **tail}]}
+    text = "\n".join(summarize.sweep_tables(d, 0.95, 0.86))
+    assert "tail recall mean / p5 / worst layer" in text and "| 0.991 / 0.962 / 17: 0.900 |" in text
+    d["summary"][1] = _point(10, 0.96, 2.0)  # one row without: no column
+    assert "tail recall" not in "\n".join(summarize.sweep_tables(d, 0.95, 0.86))

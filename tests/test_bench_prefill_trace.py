@@ -1,0 +1,29 @@
+"""bench/prefill_trace.py: the served YaRN set-ups, and the refusal to profile an engine core that
+runs in another process (the profiler would then see no engine step, as the server's did)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+spec = importlib.util.spec_from_file_location("bench_prefill_trace", ROOT / "bench" / "prefill_trace.py")
+pt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(pt)
+
+
+def test_yarn_overrides_match_the_served_setups():
+    x4, x16 = pt.yarn_overrides(32768), pt.yarn_overrides(131072)
+    assert x4["rope_parameters"]["factor"] == 4.0 and x4["max_position_embeddings"] == 32768
+    assert x16["rope_parameters"]["factor"] == 16.0 and x16["max_position_embeddings"] == 131072
+    assert x16["rope_parameters"]["original_max_position_embeddings"] == 8192
+
+
+def test_engine_core_in_another_process_is_refused(monkeypatch, capsys):
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    with pytest.raises(SystemExit):
+        pt.main(["--out", "/tmp/x.json"])
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING=0" in capsys.readouterr().err
