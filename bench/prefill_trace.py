@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=os.environ.get("SMOLLM2"))
     ap.add_argument("--backend", default="anchor", help="FLASH_ATTN or anchor")
     ap.add_argument("--anchor", default="{}", help="the anchor section of --additional-config (JSON)")
-    ap.add_argument("--tokens", type=int, default=32768, help="prompt length")
+    ap.add_argument("--tokens", type=int, default=32767, help="prompt length (plus the one output token: at most --max-model-len)")
     ap.add_argument("--max-model-len", type=int, default=32768)
     ap.add_argument("--max-num-batched-tokens", type=int, default=65536)
     ap.add_argument("--kv-cache-gib", type=float, default=6.0)
@@ -51,8 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--trace", default=None, help="where the profiled run's Chrome trace goes (.json.gz)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
-        ap.error("set VLLM_ENABLE_V1_MULTIPROCESSING=0: the profiler must see the engine core")
+    in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+    if a.trace and not in_process:
+        ap.error("--trace needs VLLM_ENABLE_V1_MULTIPROCESSING=0: the profiler must see the engine core")
 
     import torch
     from vllm import LLM, SamplingParams
@@ -80,9 +81,10 @@ def main(argv=None) -> int:
         one()
     times = [one() for _ in range(a.runs)]
     res = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "backend": a.backend,
-           "anchor": json.loads(a.anchor), "tokens": a.tokens, "startup_s": startup, "ttft_ms": times,
+           "anchor": json.loads(a.anchor), "tokens": a.tokens, "engine_in_process": in_process,
+           "startup_s": startup, "ttft_ms": times,
            "ttft_ms_median": statistics.median(times)}
-    print(f"{a.backend} {a.anchor} {a.tokens} tokens: median {res['ttft_ms_median']:.1f} ms "
+    print(f"{a.backend} {a.anchor} {a.tokens} tokens, engine {'in' if in_process else 'out of'} process: median {res['ttft_ms_median']:.1f} ms "
           f"(runs {', '.join(f'{x:.1f}' for x in times)})", flush=True)
     if a.trace:
         from torch.profiler import ProfilerActivity, profile

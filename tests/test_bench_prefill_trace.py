@@ -25,5 +25,5 @@ def test_yarn_overrides_match_the_served_setups():
 def test_engine_core_in_another_process_is_refused(monkeypatch, capsys):
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     with pytest.raises(SystemExit):
-        pt.main(["--out", "/tmp/x.json"])
+        pt.main(["--out", "/tmp/x.json", "--trace", "/tmp/x.pt.trace.json.gz"])
     assert "VLLM_ENABLE_V1_MULTIPROCESSING=0" in capsys.readouterr().err
