@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# GPU job (one H100, one call, about 6 min): where the 32k prefill's time goes, stock against the
-# anchor path, with the engine core in this process (bench/prefill_trace.py) so that a plain
-# torch profiler sees the whole step. Three processes in turn, SmolLM2 YaRN x4, 65536 batched
-# tokens (the launcher's default), prefix cache off, 32767-token real-text prompts (one output token fits 32768), 2 warm-up and
-# 9 timed runs each, then one profiled run summarized by bench/trace_gaps.py:
+# GPU job (one H100, one call, 3-4 min per mode): where a long prefill's time goes, stock against
+# the anchor path, measured with vLLM's offline engine (bench/prefill_trace.py): no HTTP, no API
+# server, prompts sent as token IDs. Three processes in turn, SmolLM2, 65536 batched tokens (the
+# launcher's default), prefix cache off, real-text prompts, 2 warm-up and 9 timed runs each:
 #   stock FLASH_ATTN; the floor ({"theta": -1000, "density_guard": 1.0}: no stripes); the defaults.
-# Ran on an H100 80GB HBM3 at 1835c38 + the 32767 fix (bench/results/lease24_h100/trace32k/).
-# MP=1: the same three without the profiler, the engine core in its own process as `vllm serve`
-# runs it (results in trace32k_mp/).
-# Usage on the GPU host: [MP=1] bash bench/gpu/trace32k_job.sh
+# Modes:
+#   A  (default) 32767-token prompts (one output token fits 32768), YaRN x4, the engine core in
+#      this process and one profiled run summarized by bench/trace_gaps.py. Ran on an H100 80GB
+#      HBM3 at 1835c38 with the 32767 fix (bench/results/lease24_h100/trace32k/).
+#   MP the same without the profiler, the engine core in its own process as `vllm serve` runs it.
+#   L  131000-token prompts, YaRN x16 (131072 positions), engine in this process, profiled.
+# Usage on the GPU host: [MODE=A|MP|L] bash bench/gpu/trace32k_job.sh
 source bench/gpu/setup.sh
 cd /tmp
-if [ "${MP:-0}" = 1 ]; then NAME=trace32k_mp; TRACE=(); else NAME=trace32k; TRACE=(--trace); fi
+MODE=${MODE:-A}
+TOKENS=32767 MAXLEN=32768 KV=6 RUNS=9 TRACE=1
+case "$MODE" in
+  A) NAME=trace32k ;;
+  MP) NAME=trace32k_mp; TRACE=0 ;;
+  L) NAME=trace128k; TOKENS=131000 MAXLEN=131072 KV=12 RUNS=7 ;;
+  *) echo "MODE A, MP or L, got '$MODE'"; exit 2 ;;
+esac
 job_results $NAME $NAME
 echo "== $GPU_NAME"; date
-[ "${MP:-0}" = 1 ] || export VLLM_ENABLE_V1_MULTIPROCESSING=0
+[ $TRACE = 1 ] && export VLLM_ENABLE_V1_MULTIPROCESSING=0
 run_one() {  # LABEL BACKEND ANCHOR_JSON
+  local trace=()
+  [ $TRACE = 1 ] && trace=(--trace "$R/trace_$1.pt.trace.json.gz")
   timeout 170 python3 "$REPO/bench/prefill_trace.py" --model "$SMOLLM2" --backend "$2" --anchor "$3" \
-    --tokens 32767 --max-model-len 32768 --runs 9 ${TRACE[@]:+--trace "$R/trace_$1.pt.trace.json.gz"} \
+    --tokens $TOKENS --max-model-len $MAXLEN --kv-cache-gib $KV --runs $RUNS "${trace[@]}" \
     --out "$R/prefill_$1.json" > "$R/prefill_$1.log" 2>&1
   echo "$1 exit $?"; grep -v "^INFO\|^WARNING\|^(EngineCore\|^\[" "$R/prefill_$1.log" | grep -A30 ": median" | head -30
   lap "$1"
@@ -25,6 +36,6 @@ run_one() {  # LABEL BACKEND ANCHOR_JSON
 run_one stock FLASH_ATTN '{}'
 run_one floor anchor '{"theta": -1000, "density_guard": 1.0}'
 run_one defaults anchor '{}'
-# the traces of one 32k step are under 100 kB gzipped: they come back with the summaries
+# the traces of one prompt's prefill are small gzipped (under 100 kB at 32k): they come back too
 ls -la "$R"
 date
