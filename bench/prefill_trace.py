@@ -37,6 +37,18 @@ def yarn_overrides(max_model_len: int) -> dict:
     return {"rope_parameters": {**YARN, "factor": max_model_len / 8192}, "max_position_embeddings": max_model_len}
 
 
+def engine_times_ms(m) -> dict:
+    """Where a request's time went by vLLM's own per-request clocks (``RequestStateStats``, with
+    ``disable_log_stats=False``): queued to scheduled and scheduled to first token on the engine
+    core's monotonic clock, and the frontend's first-token latency from arrival. Empty without
+    stats."""
+    if m is None or not getattr(m, "first_token_ts", 0.0):
+        return {}
+    return {"queued_to_scheduled": (m.scheduled_ts - m.queued_ts) * 1e3,
+            "scheduled_to_first_token": (m.first_token_ts - m.scheduled_ts) * 1e3,
+            "frontend_first_token_latency": m.first_token_latency * 1e3}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=os.environ.get("SMOLLM2"))
@@ -64,28 +76,37 @@ def main(argv=None) -> int:
               additional_config={"anchor": json.loads(a.anchor)} if a.backend.lower() == "anchor" else {},
               hf_overrides=yarn_overrides(a.max_model_len), max_model_len=a.max_model_len,
               max_num_batched_tokens=a.max_num_batched_tokens, enable_prefix_caching=False,
-              kv_cache_memory_bytes=int(a.kv_cache_gib * 2 ** 30), seed=0)
+              kv_cache_memory_bytes=int(a.kv_cache_gib * 2 ** 30), seed=0, disable_log_stats=False)
     startup = time.perf_counter() - t
     tok = llm.get_tokenizer()
     params = SamplingParams(temperature=0.0, max_tokens=1)
     seeds = iter(range(100, 10 ** 6))
 
+    engine: list[dict] = []
+
     def one() -> float:
         prompt = TokensPrompt(prompt_token_ids=haystack_ids(tok, a.tokens, next(seeds)))
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        llm.generate([prompt], params, use_tqdm=False)
-        return (time.perf_counter() - t0) * 1e3
+        (out,) = llm.generate([prompt], params, use_tqdm=False)
+        wall = (time.perf_counter() - t0) * 1e3
+        engine.append(engine_times_ms(out.metrics))
+        return wall
 
     for _ in range(a.warmup):
         one()
+    del engine[:]
     times = [one() for _ in range(a.runs)]
+    timed_engine = list(engine)
     res = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "backend": a.backend,
            "anchor": json.loads(a.anchor), "tokens": a.tokens, "engine_in_process": in_process,
            "startup_s": startup, "ttft_ms": times,
-           "ttft_ms_median": statistics.median(times)}
+           "ttft_ms_median": statistics.median(times), "engine_ms": timed_engine,
+           "engine_ms_median": {k: statistics.median(e[k] for e in timed_engine) for k in timed_engine[0]}
+           if timed_engine and timed_engine[0] else {}}
     print(f"{a.backend} {a.anchor} {a.tokens} tokens, engine {'in' if in_process else 'out of'} process: median {res['ttft_ms_median']:.1f} ms "
-          f"(runs {', '.join(f'{x:.1f}' for x in times)})", flush=True)
+          f"(runs {', '.join(f'{x:.1f}' for x in times)}); engine medians "
+          + ", ".join(f"{k} {v:.1f}" for k, v in res["engine_ms_median"].items()), flush=True)
     if a.trace:
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

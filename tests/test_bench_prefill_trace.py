@@ -27,3 +27,13 @@ def test_engine_core_in_another_process_is_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         pt.main(["--out", "/tmp/x.json", "--trace", "/tmp/x.pt.trace.json.gz"])
     assert "VLLM_ENABLE_V1_MULTIPROCESSING=0" in capsys.readouterr().err
+
+
+def test_engine_times_come_from_vllms_request_clocks():
+    from types import SimpleNamespace
+    m = SimpleNamespace(queued_ts=10.0, scheduled_ts=10.002, first_token_ts=10.122, first_token_latency=0.131)
+    t = pt.engine_times_ms(m)
+    assert t["queued_to_scheduled"] == pytest.approx(2.0)
+    assert t["scheduled_to_first_token"] == pytest.approx(120.0)
+    assert t["frontend_first_token_latency"] == pytest.approx(131.0)
+    assert pt.engine_times_ms(None) == {} and pt.engine_times_ms(SimpleNamespace(first_token_ts=0.0)) == {}

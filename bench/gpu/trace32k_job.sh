@@ -9,8 +9,10 @@
 #      this process and one profiled run summarized by bench/trace_gaps.py. Ran on an H100 80GB
 #      HBM3 at 1835c38 with the 32767 fix (bench/results/lease24_h100/trace32k/).
 #   MP the same without the profiler, the engine core in its own process as `vllm serve` runs it.
+#      Ran at 1d1ad2d (lease24_h100/trace32k_mp/). MP2: the same, stock and the floor only, with
+#      vLLM's per-request engine clocks (queued/scheduled/first token) in each run's record.
 #   L  131000-token prompts, YaRN x16 (131072 positions), engine in this process, profiled.
-# Usage on the GPU host: [MODE=A|MP|L] bash bench/gpu/trace32k_job.sh
+# Usage on the GPU host: [MODE=A|MP|MP2|L] bash bench/gpu/trace32k_job.sh
 source bench/gpu/setup.sh
 cd /tmp
 MODE=${MODE:-A}
@@ -18,8 +20,9 @@ TOKENS=32767 MAXLEN=32768 KV=6 RUNS=9 TRACE=1
 case "$MODE" in
   A) NAME=trace32k ;;
   MP) NAME=trace32k_mp; TRACE=0 ;;
+  MP2) NAME=trace32k_mp2; TRACE=0 ;;
   L) NAME=trace128k; TOKENS=131000 MAXLEN=131072 KV=12 RUNS=7 ;;
-  *) echo "MODE A, MP or L, got '$MODE'"; exit 2 ;;
+  *) echo "MODE A, MP, MP2 or L, got '$MODE'"; exit 2 ;;
 esac
 job_results $NAME $NAME
 echo "== $GPU_NAME"; date
@@ -35,7 +38,7 @@ run_one() {  # LABEL BACKEND ANCHOR_JSON
 }
 run_one stock FLASH_ATTN '{}'
 run_one floor anchor '{"theta": -1000, "density_guard": 1.0}'
-run_one defaults anchor '{}'
+[ "$MODE" = MP2 ] || run_one defaults anchor '{}'
 # the traces of one prompt's prefill are small gzipped (under 100 kB at 32k): they come back too
 ls -la "$R"
 date
