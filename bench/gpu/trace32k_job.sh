@@ -9,7 +9,7 @@
 #      this process and one profiled run summarized by bench/trace_gaps.py. Ran on an H100 80GB
 #      HBM3 at 1835c38 with the 32767 fix (bench/results/lease24_h100/trace32k/).
 #   MP the same without the profiler, the engine core in its own process as `vllm serve` runs it.
-#      Ran at 1d1ad2d (lease24_h100/trace32k_mp/). MP2: the same, stock and the floor only, with
+#      Ran at 7df7fd0 (lease24_h100/trace32k_mp/); L too (trace128k/). MP2: the same, stock and the floor only, with
 #      vLLM's per-request engine clocks (queued/scheduled/first token) in each run's record.
 #   L  131000-token prompts, YaRN x16 (131072 positions), engine in this process, profiled.
 # Usage on the GPU host: [MODE=A|MP|MP2|L] bash bench/gpu/trace32k_job.sh
