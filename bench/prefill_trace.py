@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-model-len", type=int, default=32768)
     ap.add_argument("--max-num-batched-tokens", type=int, default=65536)
     ap.add_argument("--kv-cache-gib", type=float, default=6.0)
+    ap.add_argument("--no-async-scheduling", action="store_true",
+                    help="vLLM's async scheduling off (it overlaps the next step's host work with the GPU)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--trace", default=None, help="where the profiled run's Chrome trace goes (.json.gz)")
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
               additional_config={"anchor": json.loads(a.anchor)} if a.backend.lower() == "anchor" else {},
               hf_overrides=yarn_overrides(a.max_model_len), max_model_len=a.max_model_len,
               max_num_batched_tokens=a.max_num_batched_tokens, enable_prefix_caching=False,
-              kv_cache_memory_bytes=int(a.kv_cache_gib * 2 ** 30), seed=0, disable_log_stats=False)
+              kv_cache_memory_bytes=int(a.kv_cache_gib * 2 ** 30), seed=0, disable_log_stats=False,
+              **({"async_scheduling": False} if a.no_async_scheduling else {}))
     startup = time.perf_counter() - t
     tok = llm.get_tokenizer()
     params = SamplingParams(temperature=0.0, max_tokens=1)
@@ -100,6 +103,8 @@ def main(argv=None) -> int:
     timed_engine = list(engine)
     res = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "backend": a.backend,
            "anchor": json.loads(a.anchor), "tokens": a.tokens, "engine_in_process": in_process,
+           "async_scheduling": not a.no_async_scheduling, "torch_threads_here": torch.get_num_threads(),
+           "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
            "startup_s": startup, "ttft_ms": times,
            "ttft_ms_median": statistics.median(times), "engine_ms": timed_engine,
            "engine_ms_median": {k: statistics.median(e[k] for e in timed_engine) for k in timed_engine[0]}
