@@ -112,15 +112,46 @@ def summarize(events: list[dict], top_gaps: int = 15, min_gap_us: float = 200.0,
             "steps": steps, "gaps": gap_rows, "runtime": runtime, "kernels": kernels}
 
 
+def op_host_breakdown(events: list[dict], op: str, skip: int = 0, top: int = 12) -> dict:
+    """Host time of each call of the operator ``op`` (e.g. ``vllm::unified_attention_with_output``,
+    one per attention layer), from the ``skip``-th call on, and what inside it took that time:
+    the host events (operators, runtime and driver calls) nested in its span, per call; times are
+    inclusive, so an operator inside another (``aten::_to_copy`` in ``aten::to``) counts in both.
+    What no nested event covers is Python (e.g. Triton's launch binding), which the profiler does
+    not record as events."""
+    calls = sorted((e for e in events if e.get("cat") == "cpu_op" and e.get("name") == op),
+                   key=lambda e: e["ts"])[skip:]
+    if not calls:
+        return {"op": op, "calls": 0}
+    host = [e for e in events if e.get("cat") in HOST_CATS]
+    inside: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for c in calls:
+        lo, hi = c["ts"], c["ts"] + c["dur"]
+        for e in host:
+            if e is not c and e["ts"] >= lo and e["ts"] + e["dur"] <= hi:
+                r = inside[f'{e.get("cat")}: {e.get("name")}']
+                r[0] += 1
+                r[1] += e["dur"]
+    n = len(calls)
+    rows = sorted(inside.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"op": op, "calls": n, "host_ms_per_call": sum(c["dur"] for c in calls) / n / 1e3,
+            "inside_per_call": [{"event": k, "count": c / n, "us": t / n} for k, (c, t) in rows]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("trace", help="torch profiler trace (.json or .json.gz)")
     ap.add_argument("--top", type=int, default=15, help="idle gaps to list")
     ap.add_argument("--min-gap-ms", type=float, default=0.2)
+    ap.add_argument("--op", default=None, help="also break down the host time of each call of this operator")
+    ap.add_argument("--op-skip", type=int, default=0, help="calls of --op to skip first (e.g. a first step)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    events = load_events(a.trace)
     res = {"trace": str(a.trace), "command": " ".join(sys.argv),
-           **summarize(load_events(a.trace), a.top, a.min_gap_ms * 1e3)}
+           **summarize(events, a.top, a.min_gap_ms * 1e3)}
+    if a.op:
+        res["op_host"] = op_host_breakdown(events, a.op, a.op_skip)
     Path(a.out).write_text(json.dumps(res, indent=1))
     g = res["gpu"]
     print(f"GPU window {g['window_ms']:.1f} ms, busy {g['busy_ms']:.1f}, idle {g['idle_ms']:.1f} "
@@ -132,6 +163,11 @@ def main(argv=None):
               + "; ".join(f"{h['event'][:50]} {h['overlap_ms']:.2f}" for h in r["host"][:2]))
     for name, r in list(res["runtime"].items())[:8]:
         print(f"  {name[:40]:<40} x{r['count']:<6} total {r['total_ms']:8.2f} ms  max {r['max_ms']:7.2f}")
+    o = res.get("op_host")
+    if o and o["calls"]:
+        print(f"  {o['op']}: {o['calls']} calls, host {o['host_ms_per_call']:.3f} ms per call; inside, per call:")
+        for r in o["inside_per_call"]:
+            print(f"    {r['event'][:60]:<60} x{r['count']:<4.1f} {r['us']:8.1f} us")
 
 
 if __name__ == "__main__":

@@ -70,3 +70,18 @@ def test_cli_writes_the_summary(tmp_path, capsys):
     tg.main([str(path), "--out", str(tmp_path / "s.json")])
     assert json.loads((tmp_path / "s.json").read_text())["gpu"]["gaps_over_min"] == 1
     assert "cudaStreamSynchronize" in capsys.readouterr().out
+
+
+def test_op_host_breakdown_charges_nested_host_events_to_each_call():
+    events = [ev("cpu_op", "attn", 0, 1000), ev("cpu_op", "attn", 2000, 600),
+              ev("cpu_op", "aten::sum", 100, 200), ev("cuda_driver", "cuLaunchKernelEx", 400, 50),
+              ev("cpu_op", "aten::sum", 2100, 100), ev("cpu_op", "aten::sum", 1500, 100),  # between calls
+              ev("kernel", "k", 0, 5000)]
+    res = tg.op_host_breakdown(events, "attn")
+    assert res["calls"] == 2 and res["host_ms_per_call"] == pytest.approx(0.8)
+    inside = {r["event"]: r for r in res["inside_per_call"]}
+    assert inside["cpu_op: aten::sum"] == {"event": "cpu_op: aten::sum", "count": 1.0, "us": 150.0}
+    assert inside["cuda_driver: cuLaunchKernelEx"]["us"] == pytest.approx(25.0)
+    skipped = tg.op_host_breakdown(events, "attn", skip=1)
+    assert skipped["calls"] == 1 and skipped["host_ms_per_call"] == pytest.approx(0.6)
+    assert tg.op_host_breakdown(events, "nothing") == {"op": "nothing", "calls": 0}
