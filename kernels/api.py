@@ -16,7 +16,7 @@ import triton
 
 from .config import AnchorConfig
 from .plan import (AnchorPlan, default_rows, default_segment_tokens, default_sparse_rows,  # noqa: F401
-                   plan_anchor_prefill)
+                   plan_anchor_prefill, stripe_density_parts)
 from .triton_anchor import anchor_kernel
 from .triton_common import LOG2E
 from .triton_sparse import sparse_kernel
@@ -80,6 +80,7 @@ class AnchorWorkspace:
     slots: torch.Tensor  # [NUM_SEL, capacity] int32, the same keys as cache slots
     seg_counts: torch.Tensor  # [n_segs, NUM_SEL] int32
     counts: torch.Tensor  # [n_items, NUM_SEL] int32
+    selected: torch.Tensor  # [] fp64: the call's selected (query, key) pairs, all selector heads
 
     @property
     def num_sel(self) -> int:
@@ -136,6 +137,7 @@ def _workspace_shapes(num_tokens: int, num_heads: int, num_sel: int, block_d: in
         tail_hits=((num_sel, cap if plan.num_tail_blocks else 16), torch.int8),
         slots=((num_sel, cap), i32),
         seg_counts=((plan.num_segments, num_sel), i32), counts=((plan.num_items, num_sel), i32),
+        selected=((), torch.float64),
     )
 
 
@@ -209,7 +211,7 @@ def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torc
     head_block = min(triton.next_power_of_2(call.num_heads), max(1, 4096 // call.block_d))
     pool_queries_kernel[(plan.num_pools, triton.cdiv(call.num_heads, head_block))](
         ws.qsum, ws.msum, plan.pool_tiles, plan.tiles, plan.tile_pool_next, plan.pool_rows, qbar, abar,
-        NUM_HEADS=call.num_heads, HEAD_BLOCK=head_block, BLOCK_D=call.block_d)
+        ws.selected, NUM_HEADS=call.num_heads, HEAD_BLOCK=head_block, BLOCK_D=call.block_d)
     return qbar, abar
 
 
@@ -232,9 +234,20 @@ def run_stripe_step(call: _Call, ws: AnchorWorkspace) -> None:
             qbar, abar, *call.kv_args(), plan.items, plan.segments, plan.seg_twin, ws.tail_hits,
             ws.scratch, ws.scratch.stride(0), ws.seg_counts, call.num_sel,
             call.qk_scale, theta, **consts, **call.opts["scan"])
+    else:  # no candidates anywhere: no pooling launch to zero the count
+        ws.selected.zero_()
     stripe_pack_kernel[(plan.num_items, call.num_sel)](
         plan.items, plan.segments, ws.scratch, ws.lists, ws.slots, ws.lists.stride(0), ws.seg_counts,
-        ws.counts, call.num_sel, call.bt, call.bt.stride(0), call.page, BLOCK=1024 if call.q.is_cuda else 64)
+        ws.counts, call.num_sel, call.bt, call.bt.stride(0), call.page, plan.item_queries, ws.selected,
+        BLOCK=1024 if call.q.is_cuda else 64)
+
+
+def density_parts(plan: AnchorPlan, ws: AnchorWorkspace) -> tuple[torch.Tensor, float]:
+    """``(selected, candidates)`` of a call after its stripe step: the selected (query, key) pairs,
+    all selector heads together, as the 0-dim fp64 device tensor the pack step added them up in
+    (no synchronization, no tensor op), and the candidate pairs, a host number. Equal to
+    ``plan.stripe_density_parts(plan, ws.counts)``, which computes the first from the counts."""
+    return ws.selected, plan.candidate_pairs * ws.counts.shape[1]
 
 
 def set_stripe_lists(call: _Call, ws: AnchorWorkspace, lists: dict[tuple[int, int], torch.Tensor]) -> None:
@@ -248,6 +261,7 @@ def set_stripe_lists(call: _Call, ws: AnchorWorkspace, lists: dict[tuple[int, in
         ws.lists[hs, off:off + pos.numel()] = pos.to(torch.int32)
         ws.slots[hs, off:off + pos.numel()] = (pages * call.page + pos % call.page).to(torch.int32)
         ws.counts[item, hs] = pos.numel()
+    ws.selected.copy_(stripe_density_parts(call.plan, ws.counts)[0])  # what the pack step would sum
 
 
 def run_sparse_step(call: _Call, ws: AnchorWorkspace, out: torch.Tensor) -> None:

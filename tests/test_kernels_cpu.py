@@ -131,6 +131,30 @@ def test_stripe_lists_match_reference(share):
     assert 0.05 < total_sel / total_cand < 0.8, total_sel / total_cand
 
 
+@pytest.mark.parametrize("chunks,theta", [([(0, 256), (100, 90)], 2.0), ([(40, 90), (0, 150), (7, 3)], INF),
+                                          ([(0, 20), (3, 9)], 2.0)],
+                         ids=["partial", "all-kept", "no-candidates"])
+def test_pack_step_counts_the_selected_pairs_the_guard_reads(chunks, theta):
+    """The pack step's fp64 sum of selected (query, key) pairs (the density guard's numerator, read
+    back without tensor ops) equals the count computed on the host from the lists' lengths, over a
+    workspace poisoned with a stale value, including a batch with no stripe candidates at all."""
+    from vllm_anchor.kernels.api import density_parts
+    from vllm_anchor.kernels.plan import stripe_density_parts
+    cfg = small_cfg(theta=theta)
+    case = make_case(chunks, 6, 2, 16, seed=8, strong_frac=0.25, strong_gain=1.6)
+    plan, call, ws = _steps(case, cfg)
+    ws.selected.fill_(1e9)  # a previous layer's count: the stripe step must start from zero
+    run_stripe_step(call, ws)
+    selected, total = density_parts(plan, ws)
+    want, want_total = stripe_density_parts(plan, ws.counts)
+    assert selected.dtype == torch.float64 and selected.dim() == 0
+    assert float(selected) == float(want) and total == want_total
+    if theta == INF:  # every candidate kept: the numerator is all of them
+        assert float(selected) == total > 0
+    if chunks == [(0, 20), (3, 9)]:
+        assert total == 0 and float(selected) == 0.0
+
+
 @pytest.mark.parametrize("heads,rows", [((6, 2), 32), ((8, 2), 16), ((4, 4), 64)],
                          ids=["gqa3-r32-straddling", "gqa4-r16", "gqa1-r64"])
 def test_pooled_queries_are_the_pool_means(heads, rows):

@@ -28,9 +28,8 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
 from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, stripe_density, warm_up
-from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, run_anchor_step, run_sparse_step, run_stripe_step,
-                                     shared_workspace, step_workspace_nbytes)
-from vllm_anchor.kernels.plan import stripe_density_parts
+from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, density_parts, run_anchor_step, run_sparse_step,
+                                     run_stripe_step, shared_workspace, step_workspace_nbytes)
 
 from .routing import DeferredDensity, DensityGuard, context_bucket, first_anchor_request, slice_requests
 from .settings import AnchorSettings, load_settings
@@ -222,7 +221,7 @@ class AnchorImpl(FlashAttentionImpl):
         synchronously, as it used to."""
         if not self._sync_density:
             try:
-                self._density.start(*stripe_density_parts(plan, ws.counts))
+                self._density.start(*density_parts(plan, ws))
                 self._density_key = key
                 STATS.record(name, None, fallback=False)
                 return False
