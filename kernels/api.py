@@ -9,6 +9,7 @@ Example (tests/test_kernels_cpu.py does this on random paged batches)::
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,14 @@ from .triton_stripes import pool_queries_kernel, stripe_pack_kernel, stripe_scan
 # the data-dependent branch costs more than the [rows, D] multiply it skips
 # (bench/results/ab_lazy_rescale_h100/). A launch option for other GPUs: bench/tune.py --rescale-tau.
 RESCALE_TAU = 0.0
+
+# The pack step adds up each call's selected (query, key) pairs in fp64, the density guard's
+# numerator, instead of four tensor ops after it: those cost about 0.19 ms of host time per
+# anchored layer call under the profiler (bench/results/lease24_h100/trace128k/gaps_floor.json),
+# and the anchor path is host-bound at 32k. Off by default: CPU-tested only; the GPU run that
+# would check it (`bash bench/gpu/pack_density_job.sh`) was cut off by the session's device
+# budget. ANCHOR_KERNELS_PACK_COUNTS=1 turns it on in a process (e.g. a vLLM engine).
+PACK_COUNTS_SELECTED = os.environ.get("ANCHOR_KERNELS_PACK_COUNTS") == "1"
 
 
 def _launch_opts(head_dim: int, device: torch.device) -> dict:
@@ -211,7 +220,8 @@ def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torc
     head_block = min(triton.next_power_of_2(call.num_heads), max(1, 4096 // call.block_d))
     pool_queries_kernel[(plan.num_pools, triton.cdiv(call.num_heads, head_block))](
         ws.qsum, ws.msum, plan.pool_tiles, plan.tiles, plan.tile_pool_next, plan.pool_rows, qbar, abar,
-        ws.selected, NUM_HEADS=call.num_heads, HEAD_BLOCK=head_block, BLOCK_D=call.block_d)
+        ws.selected, NUM_HEADS=call.num_heads, HEAD_BLOCK=head_block, BLOCK_D=call.block_d,
+        COUNT_SELECTED=PACK_COUNTS_SELECTED)
     return qbar, abar
 
 
@@ -234,20 +244,22 @@ def run_stripe_step(call: _Call, ws: AnchorWorkspace) -> None:
             qbar, abar, *call.kv_args(), plan.items, plan.segments, plan.seg_twin, ws.tail_hits,
             ws.scratch, ws.scratch.stride(0), ws.seg_counts, call.num_sel,
             call.qk_scale, theta, **consts, **call.opts["scan"])
-    else:  # no candidates anywhere: no pooling launch to zero the count
+    elif PACK_COUNTS_SELECTED:  # no candidates anywhere: no pooling launch to zero the count
         ws.selected.zero_()
     stripe_pack_kernel[(plan.num_items, call.num_sel)](
         plan.items, plan.segments, ws.scratch, ws.lists, ws.slots, ws.lists.stride(0), ws.seg_counts,
         ws.counts, call.num_sel, call.bt, call.bt.stride(0), call.page, plan.item_queries, ws.selected,
-        BLOCK=1024 if call.q.is_cuda else 64)
+        BLOCK=1024 if call.q.is_cuda else 64, COUNT_SELECTED=PACK_COUNTS_SELECTED)
 
 
 def density_parts(plan: AnchorPlan, ws: AnchorWorkspace) -> tuple[torch.Tensor, float]:
     """``(selected, candidates)`` of a call after its stripe step: the selected (query, key) pairs,
-    all selector heads together, as the 0-dim fp64 device tensor the pack step added them up in
-    (no synchronization, no tensor op), and the candidate pairs, a host number. Equal to
-    ``plan.stripe_density_parts(plan, ws.counts)``, which computes the first from the counts."""
-    return ws.selected, plan.candidate_pairs * ws.counts.shape[1]
+    all selector heads together, as a 0-dim fp64 device tensor (no synchronization), and the
+    candidate pairs, a host number. With ``PACK_COUNTS_SELECTED`` the first is the sum the pack
+    step made (no tensor op); otherwise ``plan.stripe_density_parts`` computes it from the counts."""
+    if PACK_COUNTS_SELECTED:
+        return ws.selected, plan.candidate_pairs * ws.counts.shape[1]
+    return stripe_density_parts(plan, ws.counts)
 
 
 def set_stripe_lists(call: _Call, ws: AnchorWorkspace, lists: dict[tuple[int, int], torch.Tensor]) -> None:

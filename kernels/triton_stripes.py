@@ -36,18 +36,20 @@ from .triton_common import (ITEM_COLS, ITEM_LIST_OFF, ITEM_NPOOL, ITEM_NSEG, ITE
 
 @triton.jit
 def pool_queries_kernel(QSUM, MSUM, POOL_TILES, TILES, TILE_POOL_NEXT, POOL_ROWS, QBAR, ABAR, SELECTED,
-                        NUM_HEADS: tl.constexpr, HEAD_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+                        NUM_HEADS: tl.constexpr, HEAD_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+                        COUNT_SELECTED: tl.constexpr):
     """``QBAR[p] = sum of the pool's query rows / rows``, the same for ``ABAR`` (log2 anchors).
 
     ``QSUM``/``MSUM`` hold, per anchor tile, the sums of its rows before (part 0) and after
     (part 1) its pooling-block edge, which belong to the pools ``TILES[t, TILE_POOL]`` and
     ``TILE_POOL_NEXT[t]``; ``POOL_TILES[p]`` is the run of tiles touching pool ``p``.
-    Program (0, 0) also zeroes ``SELECTED``, which the pack step, later on the same stream,
-    adds the call's selected pairs to.
+    With ``COUNT_SELECTED``, program (0, 0) also zeroes ``SELECTED``, which the pack step, later
+    on the same stream, adds the call's selected pairs to.
     """
     pool = tl.program_id(0)
-    if (pool == 0) & (tl.program_id(1) == 0):
-        tl.store(SELECTED, 0.0)
+    if COUNT_SELECTED:
+        if (pool == 0) & (tl.program_id(1) == 0):
+            tl.store(SELECTED, 0.0)
     h = tl.program_id(1) * HEAD_BLOCK + tl.arange(0, HEAD_BLOCK)
     d = tl.arange(0, BLOCK_D)
     h_ok = h < NUM_HEADS
@@ -203,13 +205,14 @@ def tail_hits_kernel(
 
 @triton.jit
 def stripe_pack_kernel(ITEMS, SEGS, SCRATCH, LISTS, SLOTS, stride_list_head, SEG_COUNTS, COUNTS, NUM_SEL,
-                       BT, stride_bt, PAGE, ITEM_Q, SELECTED, BLOCK: tl.constexpr):
+                       BT, stride_bt, PAGE, ITEM_Q, SELECTED, BLOCK: tl.constexpr, COUNT_SELECTED: tl.constexpr):
     """Concatenate the segments' runs; also write each position's cache slot
     (``page * PAGE + pos % PAGE``) so the sparse step gathers without a page-table lookup.
 
-    Each program adds its list's (query, key) pairs, ``count x ITEM_Q[item]`` queries, to the
-    fp64 ``SELECTED``: the density guard's numerator, ready on the GPU without the four tensor
-    ops (and their host time, per layer call) that computed it from ``COUNTS`` afterwards."""
+    With ``COUNT_SELECTED``, each program adds its list's (query, key) pairs, ``count x
+    ITEM_Q[item]``, to the fp64 ``SELECTED``: the density guard's numerator, ready on the GPU
+    without the four tensor ops (and their host time, per layer call) that compute it from
+    ``COUNTS`` afterwards (``kernels.api.PACK_COUNTS_SELECTED``)."""
     item = tl.program_id(0)
     hs = tl.program_id(1)
     bt_row = BT + tl.load(ITEMS + item * ITEM_COLS + ITEM_SEQ).to(tl.int64) * stride_bt
@@ -232,4 +235,5 @@ def stripe_pack_kernel(ITEMS, SEGS, SCRATCH, LISTS, SLOTS, stride_list_head, SEG
             tl.store(dst_slot + total + k0 + offs, page * PAGE + pos % PAGE, mask=ok)
         total += c
     tl.store(COUNTS + item * NUM_SEL + hs, total)
-    tl.atomic_add(SELECTED, total.to(tl.float64) * tl.load(ITEM_Q + item))
+    if COUNT_SELECTED:
+        tl.atomic_add(SELECTED, total.to(tl.float64) * tl.load(ITEM_Q + item))

@@ -134,12 +134,15 @@ def test_stripe_lists_match_reference(share):
 @pytest.mark.parametrize("chunks,theta", [([(0, 256), (100, 90)], 2.0), ([(40, 90), (0, 150), (7, 3)], INF),
                                           ([(0, 20), (3, 9)], 2.0)],
                          ids=["partial", "all-kept", "no-candidates"])
-def test_pack_step_counts_the_selected_pairs_the_guard_reads(chunks, theta):
-    """The pack step's fp64 sum of selected (query, key) pairs (the density guard's numerator, read
-    back without tensor ops) equals the count computed on the host from the lists' lengths, over a
-    workspace poisoned with a stale value, including a batch with no stripe candidates at all."""
+def test_pack_step_counts_the_selected_pairs_the_guard_reads(chunks, theta, monkeypatch):
+    """With ``PACK_COUNTS_SELECTED``, the pack step's fp64 sum of selected (query, key) pairs (the
+    density guard's numerator, read back without tensor ops) equals the count computed on the host
+    from the lists' lengths, over a workspace poisoned with a stale value, including a batch with
+    no stripe candidates at all."""
+    from vllm_anchor.kernels import api
     from vllm_anchor.kernels.api import density_parts
     from vllm_anchor.kernels.plan import stripe_density_parts
+    monkeypatch.setattr(api, "PACK_COUNTS_SELECTED", True)
     cfg = small_cfg(theta=theta)
     case = make_case(chunks, 6, 2, 16, seed=8, strong_frac=0.25, strong_gain=1.6)
     plan, call, ws = _steps(case, cfg)
@@ -153,6 +156,12 @@ def test_pack_step_counts_the_selected_pairs_the_guard_reads(chunks, theta):
         assert float(selected) == total > 0
     if chunks == [(0, 20), (3, 9)]:
         assert total == 0 and float(selected) == 0.0
+    # off (the default): the kernels leave the count alone and the host formula gives the same
+    monkeypatch.setattr(api, "PACK_COUNTS_SELECTED", False)
+    ws.selected.fill_(1e9)
+    run_stripe_step(call, ws)
+    off, off_total = density_parts(plan, ws)
+    assert float(ws.selected) == 1e9 and float(off) == float(want) and off_total == want_total
 
 
 @pytest.mark.parametrize("heads,rows", [((6, 2), 32), ((8, 2), 16), ((4, 4), 64)],

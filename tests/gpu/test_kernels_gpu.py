@@ -145,3 +145,25 @@ def test_tail_keeps_the_needle_only_the_last_query_wants(dtype, head_dim):
         if tail:  # the group's rows before the tail keep the pooled list, without the needle
             assert [needle in lst for lst in stripe_lists(ws, plan, plan.num_items - 2)] == [False] * 3
     assert found == {0: [False] * 3, 64: [True] * 3}
+
+
+@pytest.mark.parametrize("heads", [(9, 3, 64), (32, 8, 128)], ids=["smollm2-shape", "llama-shape"])
+def test_pack_step_counts_the_selected_pairs_on_the_gpu(heads, monkeypatch):
+    """``PACK_COUNTS_SELECTED`` (off by default until this passes on a GPU): the pack step's fp64
+    atomics give the density guard's numerator equal to the host count from the lists' lengths,
+    over a stale workspace value, with the GPU's launch sizes and many items."""
+    from vllm_anchor.kernels import api
+    from vllm_anchor.kernels.plan import stripe_density_parts
+    monkeypatch.setattr(api, "PACK_COUNTS_SELECTED", True)
+    h, hkv, d = heads
+    case = make_case(CHUNKS, h, hkv, d, dtype=torch.bfloat16, device="cuda", seed=11,
+                     strong_frac=0.2, strong_gain=1.5)
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, AnchorConfig(theta=2.0, **CFG), *case.dims, "cuda")
+    call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
+    ws = new_workspace(call)
+    ws.selected.fill_(1e9)
+    run_anchor_step(call, ws)
+    run_stripe_step(call, ws)
+    selected, total = api.density_parts(plan, ws)
+    want, _ = stripe_density_parts(plan, ws.counts)
+    assert float(selected) == float(want) and 0 < float(selected) < total
