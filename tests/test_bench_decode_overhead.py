@@ -1,16 +1,13 @@
 """bench/decode_overhead.py times the real builder decision, on real decode-batch metadata."""
-import importlib.util
-import pathlib
 
 import pytest
 import torch
 
+from bench_module import load_bench
+
 pytest.importorskip("vllm")
 
-_SPEC = importlib.util.spec_from_file_location(
-    "decode_overhead", pathlib.Path(__file__).parents[1] / "bench" / "decode_overhead.py")
-decode_overhead = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(decode_overhead)
+decode_overhead = load_bench("decode_overhead")
 
 
 def test_decode_batches_never_run_anchor_and_a_long_prefill_does():

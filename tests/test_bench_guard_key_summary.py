@@ -1,14 +1,11 @@
 """bench/guard_key_summary.py: per-length windows of the worker stats and the TTFT ratios."""
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "guard_key_summary", pathlib.Path(__file__).parents[1] / "bench" / "guard_key_summary.py")
-gks = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(gks)
+from bench_module import load_bench
+
+gks = load_bench("guard_key_summary")
 
 
 def _stats(folder, layers):

@@ -1,15 +1,12 @@
 """bench/itl_ab.py: the step time it reads from vLLM's per-request stats, and its paired summary."""
-import importlib.util
-import pathlib
 import random
 from types import SimpleNamespace
 
 import pytest
 
-_PATH = pathlib.Path(__file__).parents[1] / "bench" / "itl_ab.py"
-_SPEC = importlib.util.spec_from_file_location("itl_ab", _PATH)
-itl_ab = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(itl_ab)
+from bench_module import load_bench
+
+itl_ab = load_bench("itl_ab")
 
 
 def _output(first, last, n):

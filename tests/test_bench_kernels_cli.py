@@ -2,7 +2,6 @@
 command line's settings, and a bad entry is rejected before any model is loaded."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,11 +9,11 @@ import pytest
 
 from vllm_anchor.kernels import AnchorConfig
 
+from bench_module import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "bench" / "kernels.py")
-bench_kernels = importlib.util.module_from_spec(spec)
 sys.path.insert(0, str(ROOT / "bench"))
-spec.loader.exec_module(bench_kernels)
+bench_kernels = load_bench("kernels")
 
 
 def test_sweep_entries_override_the_command_line_settings():

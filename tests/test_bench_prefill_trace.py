@@ -2,17 +2,16 @@
 runs in another process (the profiler would then see no engine step, as the server's did)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench_module import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-spec = importlib.util.spec_from_file_location("bench_prefill_trace", ROOT / "bench" / "prefill_trace.py")
-pt = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pt)
+pt = load_bench("prefill_trace")
 
 
 def test_yarn_overrides_match_the_served_setups():

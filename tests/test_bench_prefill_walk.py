@@ -2,22 +2,20 @@
 what ``anchor_prefill`` does (so its timings are the backend's), and the totals add up."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from bench_module import load_bench
 from paged_case import make_case
 from vllm_anchor.kernels import AnchorConfig, anchor_prefill, plan_anchor_prefill
 from vllm_anchor.routing import DeferredDensity
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-spec = importlib.util.spec_from_file_location("bench_prefill_walk", ROOT / "bench" / "prefill_walk.py")
-walk = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(walk)
+walk = load_bench("prefill_walk")
 
 
 def test_chunk_spans_cover_the_prompt_in_order():

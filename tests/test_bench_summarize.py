@@ -1,16 +1,15 @@
 """bench/summarize.py: the score/TTFT table and the per-layer tables come out of the JSON right."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from bench_module import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_summarize", ROOT / "bench" / "summarize.py")
-summarize = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(summarize)
+summarize = load_bench("summarize")
 
 
 def _longctx(tmp_path, a_scores, s_scores, lengths):

@@ -3,16 +3,15 @@ busy time and runtime totals, on a hand-made profiler trace whose answers are kn
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from bench_module import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_trace_gaps", ROOT / "bench" / "trace_gaps.py")
-tg = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tg)
+tg = load_bench("trace_gaps")
 
 
 def ev(cat, name, ts, dur):

@@ -1,7 +1,6 @@
 """bench/tuned.py: a tune sweep's winners reach the plan and the launches for their head size only."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,10 +8,10 @@ import torch
 
 from vllm_anchor.kernels import AnchorConfig, api, plan
 
+from bench_module import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_tuned", ROOT / "bench" / "tuned.py")
-tuned = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tuned)
+tuned = load_bench("tuned")
 
 
 def _sweep(tmp_path, head_dim):
