@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 
 from bench_module import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 tg = load_bench("trace_gaps")
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
@@ -10,7 +9,6 @@ from vllm_anchor.kernels import AnchorConfig, api, plan
 
 from bench_module import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 tuned = load_bench("tuned")
 
 
