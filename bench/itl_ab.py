@@ -29,7 +29,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_offline import YARN, RandomTokens, haystack_ids  # noqa: E402
+from serve_offline import RandomTokens, haystack_ids, yarn_overrides  # noqa: E402
 
 DEFAULT_ENGINES = ("FLASH_ATTN", "anchor")
 
@@ -94,8 +94,7 @@ def main():
     from vllm_anchor.serving.launcher import DEFAULT_BATCHED_TOKENS
 
     model_args = dict(load_format="dummy", skip_tokenizer_init=True) if a.dummy else dict(
-        hf_overrides={"rope_parameters": {**YARN, "factor": a.max_model_len / 8192},
-                      "max_position_embeddings": a.max_model_len})
+        hf_overrides=yarn_overrides(a.max_model_len))
     labels = engine_labels(a.backends)
     engines, startup = {}, {}
     for label, b in zip(labels, a.backends):

@@ -34,6 +34,9 @@ from vllm_anchor.kernels.api import _Call, run_anchor_step, run_sparse_step, run
 from vllm_anchor.kernels.plan import ITEM_LIST_OFF, ITEM_NTAIL
 from vllm_anchor.settings import AnchorSettings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts, also when imported
+from serve_offline import YARN, yarn_overrides  # noqa: E402
+
 PAGE = 16
 
 
@@ -213,18 +216,15 @@ def run_synthetic(args):
 
 # --- SmolLM2 ------------------------------------------------------------------------------------------
 
-YARN = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 100000.0, "original_max_position_embeddings": 8192}
-
-
 def yarn(factor: float) -> tuple[dict, int]:
     """``(rope_parameters, max_position_embeddings)`` of SmolLM2 with YaRN x ``factor``: what the
-    GPU jobs pass to vLLM as ``--hf-overrides`` (``$YARN4``, ``$YARN16`` in bench/gpu/setup.sh).
-    The factor changes every position's attention (YaRN's attention scaling grows with it), so
-    a 32k measurement at x16 is the served 128k model's, not the x4 32k model's."""
+    GPU jobs pass to vLLM as ``--hf-overrides`` (``serve_offline.yarn_overrides``). The factor
+    changes every position's attention (YaRN's attention scaling grows with it), so a 32k
+    measurement at x16 is the served 128k model's, not the x4 32k model's."""
     if factor < 1:
         raise ValueError(f"YaRN factor must be >= 1, got {factor}")
-    native = YARN["original_max_position_embeddings"]
-    return {**YARN, "factor": float(factor)}, int(native * factor)
+    o = yarn_overrides(int(YARN["original_max_position_embeddings"] * factor))
+    return o["rope_parameters"], o["max_position_embeddings"]
 
 
 def corpus_text_ids(tok, n: int, corpus: str) -> torch.Tensor:

@@ -28,13 +28,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_offline import YARN, haystack_ids  # noqa: E402
+from serve_offline import haystack_ids, yarn_overrides  # noqa: E402
 from trace_gaps import load_events, summarize  # noqa: E402
-
-
-def yarn_overrides(max_model_len: int) -> dict:
-    """SmolLM2's YaRN to ``max_model_len`` (x4 at 32768, x16 at 131072), as the GPU jobs serve it."""
-    return {"rope_parameters": {**YARN, "factor": max_model_len / 8192}, "max_position_embeddings": max_model_len}
 
 
 def engine_times_ms(m) -> dict:

@@ -24,6 +24,13 @@ import time
 YARN = {"rope_type": "yarn", "rope_theta": 100000.0, "original_max_position_embeddings": 8192}
 
 
+def yarn_overrides(max_model_len: int) -> dict:
+    """vLLM's ``hf_overrides`` for SmolLM2 with YaRN to ``max_model_len`` (x4 at 32768, x16 at
+    131072), as the GPU jobs serve it (``$YARN4``, ``$YARN16`` in bench/gpu/setup.sh)."""
+    factor = max_model_len / YARN["original_max_position_embeddings"]
+    return {"rope_parameters": {**YARN, "factor": factor}, "max_position_embeddings": max_model_len}
+
+
 class RandomTokens:
     """Stands in for a tokenizer with random-weight models (no tokenizer, speed only)."""
 
@@ -92,11 +99,10 @@ def main():
 
     chunk = a.max_num_batched_tokens or DEFAULT_BATCHED_TOKENS
 
-    factor = a.max_model_len / 8192
     anchor = json.loads(a.anchor)
     t0 = time.perf_counter()
     model_args = dict(load_format="dummy", skip_tokenizer_init=True) if a.dummy else dict(
-        hf_overrides={"rope_parameters": {**YARN, "factor": factor}, "max_position_embeddings": a.max_model_len})
+        hf_overrides=yarn_overrides(a.max_model_len))
     llm = LLM(model=a.model, attention_backend=a.backend, additional_config={"anchor": anchor},
               max_model_len=a.max_model_len, gpu_memory_utilization=0.6, enforce_eager=a.eager,
               enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=chunk, seed=0,
