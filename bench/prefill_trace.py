@@ -14,7 +14,7 @@ whose trace goes to ``--trace`` and is read by ``bench/trace_gaps.py`` (GPU busy
 gaps and the host calls inside them, GPU time per kernel).
 
   VLLM_ENABLE_V1_MULTIPROCESSING=0 python bench/prefill_trace.py --backend anchor \
-      --anchor '{"theta": -1000}' --tokens 32768 --out floor.json --trace floor.pt.trace.json.gz
+      --anchor '{"theta": -1000}' --tokens 32767 --out floor.json --trace floor.pt.trace.json.gz
 """
 from __future__ import annotations
 
@@ -49,9 +49,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=os.environ.get("SMOLLM2"))
     ap.add_argument("--backend", default="anchor", help="FLASH_ATTN or anchor")
     ap.add_argument("--anchor", default="{}", help="the anchor section of --additional-config (JSON)")
-    ap.add_argument("--tokens", type=int, default=32767, help="prompt length (plus the one output token: at most --max-model-len)")
+    ap.add_argument("--tokens", type=int, default=32767,
+                    help="prompt length (plus the one output token: at most --max-model-len)")
     ap.add_argument("--max-model-len", type=int, default=32768)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=65536)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None,
+                    help="default: the launcher's (vllm_anchor.serving.launcher.DEFAULT_BATCHED_TOKENS)")
     ap.add_argument("--kv-cache-gib", type=float, default=6.0)
     ap.add_argument("--no-async-scheduling", action="store_true",
                     help="vLLM's async scheduling off (it overlaps the next step's host work with the GPU)")
@@ -67,12 +69,13 @@ def main(argv=None) -> int:
     import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
+    from vllm_anchor.serving.launcher import DEFAULT_BATCHED_TOKENS
 
     t = time.perf_counter()
     llm = LLM(model=a.model, attention_backend=a.backend,
               additional_config={"anchor": json.loads(a.anchor)} if a.backend.lower() == "anchor" else {},
               hf_overrides=yarn_overrides(a.max_model_len), max_model_len=a.max_model_len,
-              max_num_batched_tokens=a.max_num_batched_tokens, enable_prefix_caching=False,
+              max_num_batched_tokens=a.max_num_batched_tokens or DEFAULT_BATCHED_TOKENS, enable_prefix_caching=False,
               kv_cache_memory_bytes=int(a.kv_cache_gib * 2 ** 30), seed=0, disable_log_stats=False,
               **({"async_scheduling": False} if a.no_async_scheduling else {}))
     startup = time.perf_counter() - t
@@ -104,7 +107,8 @@ def main(argv=None) -> int:
            "ttft_ms_median": statistics.median(times), "engine_ms": timed_engine,
            "engine_ms_median": {k: statistics.median(e[k] for e in timed_engine) for k in timed_engine[0]}
            if timed_engine and timed_engine[0] else {}}
-    print(f"{a.backend} {a.anchor} {a.tokens} tokens, engine {'in' if in_process else 'out of'} process: median {res['ttft_ms_median']:.1f} ms "
+    where = "in" if in_process else "out of"
+    print(f"{a.backend} {a.anchor} {a.tokens} tokens, engine {where} process: median {res['ttft_ms_median']:.1f} ms "
           f"(runs {', '.join(f'{x:.1f}' for x in times)}); engine medians "
           + ", ".join(f"{k} {v:.1f}" for k, v in res["engine_ms_median"].items()), flush=True)
     if a.trace:
