@@ -13,7 +13,7 @@ reports:
 * ``gaps``: the longest idle stretches, each with the host events (CUDA runtime calls, operators)
   that overlap it most, e.g. a ``cudaStreamSynchronize`` or a pageable ``cudaMemcpyAsync``;
 * ``runtime``: CUDA runtime/driver calls by name: count, total and longest duration;
-* ``kernels``: GPU time per kernel name (the ``top_kernels`` longest in total), launches counted.
+* ``kernels``: GPU time per kernel name (the ``top_kernels`` longest in total): launches, total, longest.
 
   python bench/trace_gaps.py /tmp/prof/rank0.*.pt.trace.json.gz --out results/trace_floor.json
 """
@@ -59,6 +59,19 @@ def busy_within(merged: list[tuple[float, float]], lo: float, hi: float) -> floa
     return sum(max(0.0, min(e, hi) - max(s, lo)) for s, e in merged)
 
 
+def totals_by_name(events: list[dict], cats: set[str]) -> dict[str, dict]:
+    """Events of categories ``cats`` by name: count, total and longest duration (ms), the
+    largest total first."""
+    out: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") in cats:
+            r = out.setdefault(e["name"], {"count": 0, "total_ms": 0.0, "max_ms": 0.0})
+            r["count"] += 1
+            r["total_ms"] += e["dur"] / 1e3
+            r["max_ms"] = max(r["max_ms"], e["dur"] / 1e3)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["total_ms"]))
+
+
 def summarize(events: list[dict], top_gaps: int = 15, min_gap_us: float = 200.0,
               top_kernels: int = 30) -> dict:
     gpu = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") in GPU_CATS]
@@ -91,21 +104,8 @@ def summarize(events: list[dict], top_gaps: int = 15, min_gap_us: float = 200.0,
         s, t = e["ts"], e["ts"] + e["dur"]
         steps.append({"name": e["name"], "wall_ms": e["dur"] / 1e3, "gpu_busy_ms": busy_within(merged, s, t) / 1e3})
 
-    runtime: dict[str, dict] = {}
-    for e in events:
-        if e.get("cat") in RUNTIME_CATS:
-            r = runtime.setdefault(e["name"], {"count": 0, "total_ms": 0.0, "max_ms": 0.0})
-            r["count"] += 1
-            r["total_ms"] += e["dur"] / 1e3
-            r["max_ms"] = max(r["max_ms"], e["dur"] / 1e3)
-    runtime = dict(sorted(runtime.items(), key=lambda kv: -kv[1]["total_ms"]))
-    kernels: dict[str, dict] = {}
-    for e in events:
-        if e.get("cat") == "kernel":
-            k = kernels.setdefault(e["name"], {"count": 0, "total_ms": 0.0})
-            k["count"] += 1
-            k["total_ms"] += e["dur"] / 1e3
-    kernels = dict(sorted(kernels.items(), key=lambda kv: -kv[1]["total_ms"])[:top_kernels])
+    runtime = totals_by_name(events, RUNTIME_CATS)
+    kernels = dict(list(totals_by_name(events, {"kernel"}).items())[:top_kernels])
     return {"gpu": {"window_ms": (hi - lo) / 1e3, "busy_ms": busy / 1e3, "idle_ms": (hi - lo - busy) / 1e3,
                     "gaps_over_min": len(gaps), "idle_in_gaps_over_min_ms": sum(b - a for a, b in gaps) / 1e3,
                     "min_gap_ms": min_gap_us / 1e3},

@@ -46,9 +46,9 @@ def test_gpu_busy_idle_and_the_gap_with_its_host_call(tmp_path):
     assert launches == {"count": 2, "total_ms": pytest.approx(0.05), "max_ms": pytest.approx(0.03)}
     assert list(res["runtime"])[0] == "cudaStreamSynchronize"
     # GPU time per kernel name, longest first; copies are not kernels
-    assert res["kernels"] == {"k2": {"count": 1, "total_ms": pytest.approx(1.1)},
-                              "k1": {"count": 1, "total_ms": pytest.approx(1.0)},
-                              "k3": {"count": 1, "total_ms": pytest.approx(0.9)}}
+    assert res["kernels"] == {"k2": {"count": 1, "total_ms": pytest.approx(1.1), "max_ms": pytest.approx(1.1)},
+                              "k1": {"count": 1, "total_ms": pytest.approx(1.0), "max_ms": pytest.approx(1.0)},
+                              "k3": {"count": 1, "total_ms": pytest.approx(0.9), "max_ms": pytest.approx(0.9)}}
     assert list(res["kernels"]) == ["k2", "k1", "k3"]
     assert list(tg.summarize(tg.load_events(path), top_kernels=1)["kernels"]) == ["k2"]
 
