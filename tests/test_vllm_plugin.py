@@ -172,7 +172,7 @@ def test_density_guard_skips_dense_layers_and_reprobes():
     # skipped (dense without anchor work) except on every 4th call, where it re-measures
     assert decisions == [True, False, True, True, True, False, True, True]
     assert not g.dense_after_measuring(0.05)  # the probe finds it sparse again ...
-    assert g.estimate == pytest.approx(0.275)
+    assert g.estimate_for() == pytest.approx(0.275)
     assert not g.skip_measurement()           # ... so the next call measures, no skip
 
 
@@ -186,7 +186,7 @@ def test_density_guard_keeps_one_verdict_per_context_bucket():
     assert [g.skip_measurement(long) for _ in range(3)] == [False] * 3
     assert [g.skip_measurement(short) for _ in range(4)] == [True, True, False, True]  # probe: 4th call
     assert g.estimate_for(short) == pytest.approx(0.7) and g.estimate_for(long) == pytest.approx(0.3)
-    assert g.estimate is None  # the unkeyed estimate is a key of its own
+    assert g.estimate_for() is None  # the unkeyed estimate is a key of its own
 
 
 def test_context_buckets_are_half_octaves():

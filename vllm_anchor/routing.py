@@ -82,11 +82,6 @@ class DensityGuard:
         """The running density estimate of ``key`` (None before its first measurement)."""
         return self._estimates.get(key)
 
-    @property
-    def estimate(self) -> float | None:
-        """The estimate of the default key (callers that do not key by context)."""
-        return self.estimate_for(None)
-
     def skip_measurement(self, key=None) -> bool:
         """Call once per long-prefill call, before any anchor work: True = run dense now."""
         calls = self._calls[key] = self._calls.get(key, 0) + 1
