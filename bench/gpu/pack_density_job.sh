@@ -12,7 +12,5 @@ source bench/gpu/setup.sh
 cd /tmp
 job_results pack_density pack_density
 echo "== $GPU_NAME"; date
-timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" > "$R/gpu_tests.log" 2>&1
-tail -3 "$R/gpu_tests.log"
-lap "gpu tests"
+gpu_suite 200
 cd "$REPO" && ANCHOR_KERNELS_PACK_COUNTS=1 MODE=A bash bench/gpu/trace32k_job.sh

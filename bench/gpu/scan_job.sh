@@ -15,9 +15,7 @@ source bench/gpu/setup.sh
 cd /tmp
 job_results scan scan
 echo "== $GPU_NAME"; date
-timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" > "$R/gpu_tests.log" 2>&1
-tail -3 "$R/gpu_tests.log"
-lap "gpu tests"
+gpu_suite 200
 step_profile_128k run1
 step_profile_128k run2
 timeout 200 python3 "$REPO/bench/kernels.py" smollm2 --model "$SMOLLM2" --lengths 32768 --thetas 9 10 12 \

@@ -19,6 +19,14 @@ export YARN16='{"rope_parameters":{"rope_type":"yarn","factor":16.0,"rope_theta"
 LAP_T=$SECONDS
 lap() { echo "-- $1: $((SECONDS - LAP_T)) s"; LAP_T=$SECONDS; }
 
+# gpu_suite LIMIT: the whole GPU test suite (tests/gpu) within LIMIT seconds, its output in
+# $R/gpu_tests.log, its last three lines printed, then a lap.
+gpu_suite() {
+  timeout "$1" python3 -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/gpu" > "$R/gpu_tests.log" 2>&1
+  tail -3 "$R/gpu_tests.log"
+  lap "gpu tests"
+}
+
 # job_results FOLDER ARCHIVE: the job's results folder R=/tmp/FOLDER, packed into
 # $OUT/ARCHIVE.tar.gz however the job ends. The names are fixed here, so a job that reuses its
 # positional parameters (`set -- ...`) cannot change what the exit trap packs.
