@@ -34,6 +34,7 @@ from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, density_parts, run_
 from .routing import DeferredDensity, DensityGuard, context_bucket, first_anchor_request, slice_requests
 from .settings import AnchorSettings, load_settings
 from .stats import STATS
+from .engine_profile import on_build as profile_step
 
 logger = logging.getLogger("vllm_anchor")
 
@@ -93,6 +94,7 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> AnchorMetadata:
         cm = common_attn_metadata
+        profile_step(self, cm.num_actual_tokens)  # no-op unless VLLM_ANCHOR_PROFILE_DIR is set
         k = self._first_anchor_request(cm)
         if k == cm.num_reqs:  # nothing long: exactly what FLASH_ATTN builds
             return AnchorMetadata(super().build(common_prefix_len, cm, fast_build), None, None)

@@ -31,9 +31,11 @@ def register() -> None:
 
     from .metrics import ensure_stats_dir_and_collector
     from .settings import load_settings
+    from .engine_profile import from_env as step_profiler_from_env
 
     _log_through_vllm()
     load_settings()  # a bad VLLM_ANCHOR_* variable stops start-up here, with its name
+    step_profiler_from_env()  # and so does a bad VLLM_ANCHOR_PROFILE_* one
     ensure_stats_dir_and_collector()  # before vLLM starts its engine processes, which inherit it
     register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
     # `--attention-backend anchor` is upper-cased and looked up in the enum's member map;

@@ -12,9 +12,12 @@ from dataclasses import dataclass, field, fields
 
 from vllm_anchor.kernels import AnchorConfig
 
+from .engine_profile import ENV_NAMES as PROFILE_ENV
+
 ENV_PREFIX = "VLLM_ANCHOR_"
-# VLLM_ANCHOR_* variables that are not backend settings (launcher cache, statistics folder).
-OTHER_ENV = {"VLLM_ANCHOR_CACHE", "VLLM_ANCHOR_STATS_DIR"}
+# VLLM_ANCHOR_* variables that are not backend settings (launcher cache, statistics folder, the
+# step profiler's, which engine_profile.from_env checks).
+OTHER_ENV = {"VLLM_ANCHOR_CACHE", "VLLM_ANCHOR_STATS_DIR"} | PROFILE_ENV
 
 
 @dataclass(frozen=True)

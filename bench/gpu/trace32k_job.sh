@@ -16,7 +16,8 @@
 #      request in process (A): the floor three times, no profiler: out of process with
 #      OMP_NUM_THREADS=16 (vLLM sets 1 for its engine process unless the variable is set), in
 #      process with OMP_NUM_THREADS=1, out of process with async scheduling off.
-# Usage on the GPU host: [MODE=A|MP|MP2|L|D] bash bench/gpu/trace32k_job.sh
+# SKIP_STOCK=1 leaves stock out (an A/B of an anchor-only switch against a stock run of the same lease).
+# Usage on the GPU host: [MODE=A|MP|MP2|L|D] [SKIP_STOCK=1] bash bench/gpu/trace32k_job.sh
 source bench/gpu/setup.sh
 cd /tmp
 MODE=${MODE:-A}
@@ -49,7 +50,7 @@ if [ "$MODE" = D ]; then
   VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 run_one floor_inproc_omp1 anchor "$FLOOR"
   run_one floor_mp_sync anchor "$FLOOR" --no-async-scheduling
 else
-  run_one stock FLASH_ATTN '{}'
+  [ -n "$SKIP_STOCK" ] || run_one stock FLASH_ATTN '{}'
   run_one floor anchor "$FLOOR"
   [ "$MODE" = MP2 ] || run_one defaults anchor '{}'
 fi
