@@ -8,6 +8,7 @@ Example (tests/test_kernels_cpu.py does this on random paged batches)::
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import triton
 from .config import AnchorConfig
 from .plan import (AnchorPlan, default_rows, default_segment_tokens, default_sparse_rows,  # noqa: F401
                    plan_anchor_prefill, stripe_density_parts)
+from .launch import launch
 from .triton_anchor import anchor_kernel
 from .triton_common import LOG2E
 from .triton_sparse import sparse_kernel
@@ -32,12 +34,18 @@ from .triton_stripes import pool_queries_kernel, stripe_pack_kernel, stripe_scan
 RESCALE_TAU = 0.0
 
 # The pack step adds up each call's selected (query, key) pairs in fp64, the density guard's
-# numerator, instead of four tensor ops after it: those cost about 0.19 ms of host time per
-# anchored layer call under the profiler (bench/results/lease24_h100/trace128k/gaps_floor.json),
-# and the anchor path is host-bound at 32k. Off by default: CPU-tested only; the GPU run that
-# would check it (`bash bench/gpu/pack_density_job.sh`) was cut off by the session's device
-# budget. ANCHOR_KERNELS_PACK_COUNTS=1 turns it on in a process (e.g. a vLLM engine).
-PACK_COUNTS_SELECTED = os.environ.get("ANCHOR_KERNELS_PACK_COUNTS") == "1"
+# numerator, instead of four tensor ops after it: those cost 0.1-0.2 ms of host time per anchored
+# layer call under the profiler (bench/results/lease24_h100/trace128k/gaps_floor.json), and the
+# anchor path is host-bound at 32k. On the H100 the sum costs the pack kernel under 1 us per call
+# and the GPU suite passes with it (bench/results/lease25_h100/pack_density/).
+# ANCHOR_KERNELS_PACK_COUNTS=0 brings back the tensor ops (plan.stripe_density_parts).
+PACK_COUNTS_SELECTED = os.environ.get("ANCHOR_KERNELS_PACK_COUNTS", "1") != "0"
+
+
+@functools.lru_cache(maxsize=None)
+def _launch_opts_for(head_dim: int, device_type: str) -> dict:
+    """:func:`_launch_opts`, once per shape and device type (its dicts are read, never changed)."""
+    return _launch_opts(head_dim, torch.device(device_type))
 
 
 def _launch_opts(head_dim: int, device: torch.device) -> dict:
@@ -83,6 +91,8 @@ class AnchorWorkspace:
     acc: torch.Tensor  # [T, H, BLOCK_D] fp32
     qsum: torch.Tensor  # [n_tiles, 2, H, BLOCK_D] fp32, before / after the tile's pool edge
     msum: torch.Tensor  # [n_tiles, 2, H] fp32
+    qbar: torch.Tensor  # [n_pools, H, BLOCK_D] fp32, mean query of each pooling block
+    abar: torch.Tensor  # [n_pools, H] fp32, mean anchor (log2) of each pooling block
     scratch: torch.Tensor  # [NUM_SEL, capacity] int32
     tail_hits: torch.Tensor  # [NUM_SEL, capacity] int8, 1 where a tail query keeps the column
     lists: torch.Tensor  # [NUM_SEL, capacity] int32, compacted stripe positions per item
@@ -123,7 +133,7 @@ class _Call:
         self.qk_scale = scale * LOG2E
         self.sel_heads = self.rep if self.cfg.share_gqa else 1
         self.num_sel = self.num_heads // self.sel_heads
-        self.opts = _launch_opts(self.head_dim, q.device)
+        self.opts = _launch_opts_for(self.head_dim, q.device.type)
 
     def kv_args(self):
         kv = self.kv
@@ -141,6 +151,7 @@ def _workspace_shapes(num_tokens: int, num_heads: int, num_sel: int, block_d: in
     return dict(
         m=((T, H), f32), l=((T, H), f32), acc=((T, H, BD), f32),
         qsum=((plan.num_tiles, 2, H, BD), f32), msum=((plan.num_tiles, 2, H), f32),
+        qbar=((plan.num_pools, H, BD), f32), abar=((plan.num_pools, H), f32),
         scratch=((num_sel, cap), i32), lists=((num_sel, cap), i32),
         # read only where a tail block wrote it (the scan masks the load by the item's tail)
         tail_hits=((num_sel, cap if plan.num_tail_blocks else 16), torch.int8),
@@ -202,7 +213,7 @@ def run_anchor_step(call: _Call, ws: AnchorWorkspace) -> None:
     q, cfg, plan = call.q, call.cfg, call.plan
     if plan.num_tiles == 0:
         return
-    anchor_kernel[(plan.num_tiles, call.num_sel)](
+    launch(anchor_kernel, (plan.num_tiles, call.num_sel),
         q, q.stride(0), q.stride(1), *call.kv_args(), plan.tiles,
         ws.m, ws.l, ws.acc, ws.qsum, ws.msum,
         call.qk_scale, cfg.sink_tokens, cfg.local_tokens, cfg.group_size, cfg.pool_block,
@@ -215,10 +226,9 @@ def pooled_queries(call: _Call, ws: AnchorWorkspace) -> tuple[torch.Tensor, torc
     """Mean query ``[n_pools, H, BLOCK_D]`` and mean anchor ``[n_pools, H]`` (log2) of every
     pooling block, from the anchor step's per-tile sums: one launch (it replaced eight torch ops)."""
     plan = call.plan
-    qbar = torch.empty(plan.num_pools, call.num_heads, call.block_d, dtype=torch.float32, device=call.q.device)
-    abar = torch.empty(plan.num_pools, call.num_heads, dtype=torch.float32, device=call.q.device)
+    qbar, abar = ws.qbar, ws.abar  # every entry rewritten below
     head_block = min(triton.next_power_of_2(call.num_heads), max(1, 4096 // call.block_d))
-    pool_queries_kernel[(plan.num_pools, triton.cdiv(call.num_heads, head_block))](
+    launch(pool_queries_kernel, (plan.num_pools, triton.cdiv(call.num_heads, head_block)),
         ws.qsum, ws.msum, plan.pool_tiles, plan.tiles, plan.tile_pool_next, plan.pool_rows, qbar, abar,
         ws.selected, NUM_HEADS=call.num_heads, HEAD_BLOCK=head_block, BLOCK_D=call.block_d,
         COUNT_SELECTED=PACK_COUNTS_SELECTED)
@@ -237,16 +247,16 @@ def run_stripe_step(call: _Call, ws: AnchorWorkspace) -> None:
         consts = dict(NUM_HEADS=call.num_heads, KV_REP=call.rep, SEL_HEADS=call.sel_heads,
                       SEL_HEADS_PAD=sel_pad, ROWS=rows, HEAD_DIM=call.head_dim, BLOCK_D=call.block_d)
         if plan.num_tail_blocks:
-            tail_hits_kernel[(plan.num_tail_blocks, call.num_sel)](
+            launch(tail_hits_kernel, (plan.num_tail_blocks, call.num_sel),
                 q, q.stride(0), q.stride(1), ws.m, *call.kv_args(), plan.items, plan.tail_blocks,
                 ws.tail_hits, ws.tail_hits.stride(0), call.qk_scale, theta, **consts, **call.opts["tail"])
-        stripe_scan_kernel[(plan.num_scan_segments, call.num_sel)](
+        launch(stripe_scan_kernel, (plan.num_scan_segments, call.num_sel),
             qbar, abar, *call.kv_args(), plan.items, plan.segments, plan.seg_twin, ws.tail_hits,
             ws.scratch, ws.scratch.stride(0), ws.seg_counts, call.num_sel,
             call.qk_scale, theta, **consts, **call.opts["scan"])
     elif PACK_COUNTS_SELECTED:  # no candidates anywhere: no pooling launch to zero the count
         ws.selected.zero_()
-    stripe_pack_kernel[(plan.num_items, call.num_sel)](
+    launch(stripe_pack_kernel, (plan.num_items, call.num_sel),
         plan.items, plan.segments, ws.scratch, ws.lists, ws.slots, ws.lists.stride(0), ws.seg_counts,
         ws.counts, call.num_sel, call.bt, call.bt.stride(0), call.page, plan.item_queries, ws.selected,
         BLOCK=1024 if call.q.is_cuda else 64, COUNT_SELECTED=PACK_COUNTS_SELECTED)
@@ -280,7 +290,7 @@ def run_sparse_step(call: _Call, ws: AnchorWorkspace, out: torch.Tensor) -> None
     q, plan = call.q, call.plan
     if plan.num_sparse_tiles == 0:
         return
-    sparse_kernel[(plan.num_sparse_tiles, call.num_sel)](
+    launch(sparse_kernel, (plan.num_sparse_tiles, call.num_sel),
         q, q.stride(0), q.stride(1), *call.kv_args(), plan.sparse_tiles, plan.items,
         ws.slots, ws.slots.stride(0), ws.counts, call.num_sel,
         ws.m, ws.l, ws.acc, out, out.stride(0), out.stride(1), call.qk_scale,

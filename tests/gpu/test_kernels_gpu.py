@@ -149,7 +149,7 @@ def test_tail_keeps_the_needle_only_the_last_query_wants(dtype, head_dim):
 
 @pytest.mark.parametrize("heads", [(9, 3, 64), (32, 8, 128)], ids=["smollm2-shape", "llama-shape"])
 def test_pack_step_counts_the_selected_pairs_on_the_gpu(heads, monkeypatch):
-    """``PACK_COUNTS_SELECTED`` (off by default until this passes on a GPU): the pack step's fp64
+    """``PACK_COUNTS_SELECTED`` (on by default since it passed here, lease25_h100): the pack step's fp64
     atomics give the density guard's numerator equal to the host count from the lists' lengths,
     over a stale workspace value, with the GPU's launch sizes and many items."""
     from vllm_anchor.kernels import api
@@ -167,3 +167,39 @@ def test_pack_step_counts_the_selected_pairs_on_the_gpu(heads, monkeypatch):
     selected, total = api.density_parts(plan, ws)
     want, _ = stripe_density_parts(plan, ws.counts)
     assert float(selected) == float(want) and 0 < float(selected) < total
+
+
+@pytest.mark.parametrize("heads", [(9, 3, 64), (32, 8, 128)], ids=["smollm2-shape", "llama-shape"])
+def test_direct_launch_matches_triton_s_own_launch_bit_for_bit(heads, monkeypatch):
+    """kernels.launch: after the first call of each kernel, later "layers" (other queries, other KV
+    caches, one shared workspace, as the backend runs a step) launch the compiled kernels directly;
+    every output equals the same calls through Triton's own launch path, bit for bit."""
+    from vllm_anchor.kernels import launch as L
+    from vllm_anchor.kernels.api import shared_workspace
+    h, hkv, d = heads
+    cfg = AnchorConfig(theta=4.0, **CFG)
+    layers = [make_case(CHUNKS, h, hkv, d, dtype=torch.bfloat16, device="cuda", seed=40 + i,
+                        strong_frac=0.2, strong_gain=1.5) for i in range(3)]
+    plan = plan_anchor_prefill(layers[0].query_start_loc, layers[0].seq_lens, cfg, *layers[0].dims, "cuda")
+
+    def step(cache):
+        monkeypatch.setattr(L, "LAUNCHES", cache)
+        workspaces, outs = {}, []
+        for case in layers:
+            call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
+            ws = shared_workspace(workspaces, call)
+            out = torch.full_like(case.q, float("nan"))
+            run_anchor_step(call, ws)
+            run_stripe_step(call, ws)
+            run_sparse_step(call, ws, out)
+            outs.append(out)
+        torch.cuda.synchronize()
+        return outs
+
+    want = step(L.LaunchCache(enabled=False))
+    direct = L.LaunchCache(enabled=True)
+    got = step(direct)
+    assert direct.hits >= 2 * 5 and direct.misses <= 6  # every kernel direct from the second layer on
+    for w, g in zip(want, got):
+        assert torch.isfinite(g).all()
+        assert torch.equal(w, g)
