@@ -115,10 +115,16 @@ class LaunchCache:
         return _raw_stream(device)
 
 
+def _hook_set(hook) -> bool:
+    """Triton 3.6 keeps launch hooks in (normally empty) ``HookChain`` objects, older ones in a
+    plain attribute that is None when unset."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 def _launch_hooks_set() -> bool:
     try:
         from triton import knobs
-        return knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None
+        return _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)
     except Exception:  # an older Triton without knobs: stay on Triton's path
         return True
 

@@ -140,3 +140,15 @@ def test_spec_key_keeps_bools_ints_and_floats_apart():
     assert spec_key(0.5) == spec_key(2.0)
     assert spec_key(-5) != spec_key(5)
     assert spec_key(None) != spec_key(0)
+
+
+def test_empty_hook_chains_count_as_no_hooks():
+    """Triton 3.6 keeps its launch hooks in HookChain objects that are empty unless a tool adds one:
+    the first GPU run found the direct path never taken because an empty chain is not None."""
+    from triton.knobs import HookChain
+
+    from vllm_anchor.kernels.launch import _hook_set
+    chain = HookChain()
+    assert not _hook_set(None) and not _hook_set(chain)
+    chain.add(print)
+    assert _hook_set(chain) and _hook_set(print)
