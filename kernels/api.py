@@ -34,10 +34,10 @@ from .triton_stripes import pool_queries_kernel, stripe_pack_kernel, stripe_scan
 RESCALE_TAU = 0.0
 
 # The pack step adds up each call's selected (query, key) pairs in fp64, the density guard's
-# numerator, instead of four tensor ops after it: those cost 0.1-0.2 ms of host time per anchored
-# layer call under the profiler (bench/results/lease24_h100/trace128k/gaps_floor.json), and the
-# anchor path is host-bound at 32k. On the H100 the sum costs the pack kernel under 1 us per call
-# and the GPU suite passes with it (bench/results/lease25_h100/pack_density/).
+# numerator, instead of four tensor ops after it. On the H100 that takes about 150 us off the host
+# time of an anchored layer call (bench/host_overhead.py: 404 vs 562 us and 425 vs 577 us in two
+# runs, bench/results/lease25_h100/host_path*/), and the anchor path is host-bound at 32k; the sum
+# costs the pack kernel under 1 us per call, and the GPU suite passes with it (lease25_h100/pack_density/).
 # ANCHOR_KERNELS_PACK_COUNTS=0 brings back the tensor ops (plan.stripe_density_parts).
 PACK_COUNTS_SELECTED = os.environ.get("ANCHOR_KERNELS_PACK_COUNTS", "1") != "0"
 

@@ -12,12 +12,15 @@ compiled kernel's launcher directly when the key matches. A new key (or a kernel
 takes Triton's own path, which also compiles.
 
 Measured on the H100 (bench/host_overhead.py, SmolLM2 shape, 2048-token chunk at 8192, one
-anchored layer call's host sequence): 425 us against 496 us with Triton's launches; outputs equal
-bit for bit (tests/gpu). Most of what is left is the launches' own cost (about 40 us each, the
-compiled launcher's argument parsing and the driver call) and the backend's Python.
+anchored layer call's host sequence, bench/results/lease25_h100/host_path_fix/): 425 us against 496
+us with Triton's launches in the same run, but Triton's path alone measured 418 us in the run before,
+and one anchor-kernel launch costs the same both ways (45.6 vs 43.9 us): no saving is established.
+Outputs equal Triton's bit for bit (tests/gpu). So it is off by default; ``ANCHOR_KERNELS_FAST_LAUNCH=1``
+turns it on. What an anchored call spends is mostly the launches themselves (about 40 us each: the
+compiled launcher's argument handling and the driver call) and the backend's Python.
 
-Off on the CPU interpreter, while a Triton launch hook is set (proton and friends want every
-launch), and with ``ANCHOR_KERNELS_FAST_LAUNCH=0``.
+Never used on the CPU interpreter or while a Triton launch hook is set (proton and friends want
+every launch).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ except ImportError:  # pragma: no cover - older torch
     def _raw_stream(device: int) -> int:
         return torch.cuda.current_stream(device).cuda_stream
 
-FAST_LAUNCH = os.environ.get("ANCHOR_KERNELS_FAST_LAUNCH", "1") != "0"
+FAST_LAUNCH = os.environ.get("ANCHOR_KERNELS_FAST_LAUNCH") == "1"
 
 _I32 = (-2 ** 31, 2 ** 31)
 

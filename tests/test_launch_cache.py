@@ -42,6 +42,9 @@ class FakeKernel:
 
 
 class CpuCache(LaunchCache):
+    def __init__(self, enabled: bool = True):  # the direct path is off by default: these test it
+        super().__init__(enabled)
+
     def eligible(self, kernel, args):
         return True
 
@@ -108,7 +111,8 @@ def test_disabled_or_ineligible_launches_always_go_through_triton():
     for _ in range(3):
         off.launch(k, (1,), x, 48, 0.5, BLOCK=64)
     assert len(k.slow) == 3 and off.hits == 0
-    plain = LaunchCache()  # CPU tensors: not eligible for the direct path
+    assert LaunchCache().enabled is False  # off unless ANCHOR_KERNELS_FAST_LAUNCH=1
+    plain = LaunchCache(enabled=True)  # CPU tensors: not eligible for the direct path
     plain.launch(k, (1,), x, 48, 0.5, BLOCK=64)
     plain.launch(k, (1,), x, 48, 0.5, BLOCK=64)
     assert len(k.slow) == 5 and plain.hits == 0 and plain.misses == 0
