@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from .config import AnchorConfig
@@ -93,34 +94,6 @@ def tile_tokens(rows: int, heads: int, max_tokens: int | None = None) -> tuple[i
     tokens = rows // heads if max_tokens is None else min(rows // heads, max_tokens)
     # a token limit below the rows would leave rows idle: shrink the program instead
     return max(16, 1 << (tokens * heads - 1).bit_length()), tokens
-
-
-def _group_tiles(g: int, g_lo: int, g_hi: int, group_size: int, tile_m: int):
-    """``(lo, hi)`` token spans of the tiles of group ``g`` that hold chunk tokens ``[g_lo, g_hi)``.
-
-    Tiles sit on absolute multiples of ``tile_m`` from the group start, so a token's tile does
-    not depend on where the chunk begins."""
-    g0 = g * group_size
-    for t0 in range(g0 + (g_lo - g0) // tile_m * tile_m, g_hi, tile_m):
-        yield max(t0, g_lo), min(t0 + tile_m, g_hi)
-
-
-def to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """``t`` on ``device`` without making the host wait for the GPU.
-
-    vLLM builds the next step's metadata (and so this plan) while the GPU still runs the current
-    step (async scheduling). A copy from pageable host memory may wait for the stream's earlier
-    work (CUDA stages it through pinned memory and may synchronize to do so), which would stop
-    the host until the current step ends. A pinned copy is asynchronous; PyTorch's pinned-memory
-    cache keeps the block until the copy has run.
-    """
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    try:
-        t = t.pin_memory()
-    except RuntimeError:  # no pinned memory here (e.g. WSL): the plain copy
-        pass
-    return t.to(device, non_blocking=True)
 
 
 @dataclass
@@ -214,20 +187,26 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         raise ValueError(f"query_start_loc has {len(qsl)} entries, expected len(seq_lens)+1 = {len(sls) + 1}")
     pack = heads_per_program(cfg, num_heads, num_kv_heads)
     sparse_rows = sparse_rows or rows or default_sparse_rows(head_dim, device)
-    rows, tile_m = tile_tokens(rows or default_rows(head_dim, device), pack, cfg.pool_block)
+    rows_per_tile, tile_m = tile_tokens(rows or default_rows(head_dim, device), pack, cfg.pool_block)
     sparse_rows, sparse_tile_m = tile_tokens(sparse_rows, pack)
     segment_tokens = segment_tokens or default_segment_tokens(head_dim, device)
     if segment_tokens <= 0 or segment_tokens % 16:
         raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
     G, b = cfg.group_size, cfg.pool_block
-    tiles, items, segs, pool_rows, tile_pool, tile_pool_next, item_q = [], [], [], [], [], [], []
-    # twin_segs: the tail items' segments that their group's other item's scan writes (seg_twin
-    # holds their index there, -1 for none); they follow the scanned segments in the table
-    twin_segs, seg_twin, twin_items = [], [], []
+    # Work tables are built per group as numpy blocks (a 64k-token chunk has ~1600 tiles, ~500
+    # tail blocks and up to ~1600 segments but only ~33 groups): a per-tile Python loop took
+    # 2.4 ms per 32k plan and 5 ms per 64k chunk on the host, time the GPU sat idle at the start
+    # of each step (bench/results/lease24_h100/trace32k/). Row layouts are the column constants above.
+    tiles, tile_next, sparse_blocks, tail_sparse_blocks = [], [], [], []
+    pool_blocks, seg_blocks, twin_blocks, tail_blocks, items, item_q = [], [], [], [], [], []
+    # seg_twin: for each scanned segment, the index (among the twins) of the tail segment its
+    # program also fills, or -1; the twins follow the scanned segments in the table
+    seg_twin: list[int] = []
+    twin_items: list[int] = []
+    n_pools = n_segs = n_twins = 0
     # the tail items' sparse tiles go first: a tail list can be far longer than its group's
     # pooled one (one query keeps more columns than a block mean), and started last such a
     # tile would run alone at the end of the launch
-    sparse_tiles, tail_sparse_tiles, tail_blocks = [], [], []
     # the sparse step reuses the anchor's tiles when they are the same size and no tail cuts a
     # group into two list owners (an anchor tile may hold rows of both)
     split_sparse = sparse_tile_m != tile_m or cfg.tail_tokens > 0
@@ -239,84 +218,161 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         if q_len > seq_len:
             raise ValueError(f"sequence {s}: query length {q_len} exceeds seq_len {seq_len}")
         start = seq_len - q_len
+        row_base = qsl[s] - start  # a token's row in q is row_base + its position
         for g in range(start // G, (seq_len - 1) // G + 1):
             g_lo, g_hi = max(start, g * G), min(seq_len, (g + 1) * G)
             cand_end = cfg.candidate_end(g)
             n_cand = cand_end - cfg.sink_tokens
-            pool0 = len(pool_rows)
-            for p0 in range(g_lo // b * b, g_hi, b):
-                pool_rows.append(min(p0 + b, g_hi) - max(p0, g_lo))
-            for t_lo, t_hi in _group_tiles(g, g_lo, g_hi, G, tile_m):
-                first, last = pool0 + t_lo // b - g_lo // b, pool0 + (t_hi - 1) // b - g_lo // b
-                tiles.append((s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, len(items), first))
-                tile_pool.append(first)
-                tile_pool_next.append(last)
+            pool0 = n_pools
+            p0 = np.arange(g_lo // b * b, g_hi, b, dtype=np.int64)
+            pool_blocks.append(np.minimum(p0 + b, g_hi) - np.maximum(p0, g_lo))
+            n_pools += len(p0)
+            pool_base = pool0 - g_lo // b  # a position's pooling block is pool_base + pos // b
+            rows, last = _tile_rows(s, row_base, g * G, g_lo, g_hi, tile_m, len(items), pool_base, b)
+            tiles.append(rows)
+            tile_next.append(last)
             # The chunk's last tail_tokens queries that fall in this group own a second list, the
             # pooled hits plus their own one-by-one hits; the group's other rows keep the pooled
             # list, so the columns only the tail wants cost nothing for the rest of the group.
             tail_lo = min(g_hi, max(g_lo, seq_len - cfg.tail_tokens))
             owners = [o for o in ((g_lo, tail_lo, 0), (tail_lo, g_hi, g_hi - tail_lo)) if o[1] > o[0]]
+            seg_lo = np.arange(cfg.sink_tokens, cand_end, segment_tokens, dtype=np.int64)
+            n_own = len(seg_lo)
             for owner, (o_lo, o_hi, n_tail) in enumerate(owners):
                 item = len(items)
-                own = [(item, lo, min(lo + segment_tokens, cand_end), list_off + lo - cfg.sink_tokens)
-                       for lo in range(cfg.sink_tokens, cand_end, segment_tokens)]
+                own = np.stack([np.full_like(seg_lo, item), seg_lo, np.minimum(seg_lo + segment_tokens, cand_end),
+                                list_off + seg_lo - cfg.sink_tokens], 1)
                 if owner == 0:  # scanned by programs of its own
-                    seg0 = main_seg0 = len(segs)
-                    segs += own
-                    seg_twin += [-1] * len(own)
+                    seg0 = main_seg0 = n_segs
+                    seg_blocks.append(own)
+                    seg_twin += [-1] * n_own
+                    n_segs += n_own
                 else:  # the group's tail after other rows: written by the first owner's programs
-                    seg0 = len(twin_segs)
-                    for k in range(len(own)):
-                        seg_twin[main_seg0 + k] = len(twin_segs) + k
-                    twin_segs += own
+                    seg0 = n_twins
+                    seg_twin[main_seg0:main_seg0 + n_own] = range(n_twins, n_twins + n_own)
+                    twin_blocks.append(own)
+                    n_twins += n_own
                     twin_items.append(item)
-                items.append([s, cand_end, list_off, pool0, len(pool_rows) - pool0, seg0, len(own),
+                items.append([s, cand_end, list_off, pool0, n_pools - pool0, seg0, n_own,
                               qsl[s] + o_lo - start if n_tail else 0, n_tail])
                 item_q.append(o_hi - o_lo)
                 if n_tail:
-                    for lo in range(cfg.sink_tokens, cand_end, TAIL_BLOCK_TOKENS):
-                        tail_blocks.append((item, lo, min(lo + TAIL_BLOCK_TOKENS, cand_end),
-                                            list_off + lo - cfg.sink_tokens))
+                    lo = np.arange(cfg.sink_tokens, cand_end, TAIL_BLOCK_TOKENS, dtype=np.int64)
+                    tail_blocks.append(np.stack([np.full_like(lo, item), lo, np.minimum(lo + TAIL_BLOCK_TOKENS, cand_end),
+                                                 list_off + lo - cfg.sink_tokens], 1))
                 list_off += n_cand
                 if split_sparse:
-                    for t_lo, t_hi in _group_tiles(g, o_lo, o_hi, G, sparse_tile_m):
-                        (tail_sparse_tiles if n_tail else sparse_tiles).append(
-                            (s, qsl[s] + t_lo - start, t_lo, t_hi - t_lo, item, pool0 + t_lo // b - g_lo // b))
+                    rows, _ = _tile_rows(s, row_base, g * G, o_lo, o_hi, sparse_tile_m, item, pool_base, b)
+                    (tail_sparse_blocks if n_tail else sparse_blocks).append(rows)
 
-    n_scan = len(segs)
-    segs += twin_segs
-    seg_twin = [n_scan + t if t >= 0 else -1 for t in seg_twin]
+    seg_twin = [n_segs + t if t >= 0 else -1 for t in seg_twin]
     for item in twin_items:
-        items[item][ITEM_SEG0] += n_scan
+        items[item][ITEM_SEG0] += n_segs
 
-    def table(rows, width):
-        return torch.tensor(rows, dtype=torch.int32).reshape(-1, width)
-
-    # the anchor tiles holding rows of each pooling block: a contiguous run, since tiles and
-    # pools are both in token order
-    pool_tiles = [[len(tiles), 0] for _ in pool_rows]
-    for t, (first, last) in enumerate(zip(tile_pool, tile_pool_next)):
-        for p in {first, last}:
-            pool_tiles[p][0] = min(pool_tiles[p][0], t)
-            pool_tiles[p][1] += 1
-
-    items_cpu = table(items, ITEM_COLS)
-    to = lambda t: to_device(t, device)  # noqa: E731
-    tiles_dev = to(table(tiles, 6))
+    tiles_np, tile_next_np = _rows(tiles, 6), _rows(tile_next, 0)
+    items_cpu = torch.tensor(items, dtype=torch.int32).reshape(-1, ITEM_COLS)
+    host = dict(
+        tiles=tiles_np, items=items_cpu.numpy(), segments=_rows(seg_blocks + twin_blocks, 4),
+        tail_blocks=_rows(tail_blocks, 4), seg_twin=np.asarray(seg_twin, dtype=np.int32),
+        pool_rows=_rows(pool_blocks, 0).astype(np.float32), tile_pool_next=tile_next_np.astype(np.int64),
+        pool_tiles=_pool_tiles(tiles_np[:, TILE_POOL], tile_next_np, n_pools),
+        item_queries=np.asarray(item_q, dtype=np.float64),
+    )
+    if split_sparse:
+        host["sparse_tiles"] = _rows(tail_sparse_blocks + sparse_blocks, 6)
+    dev = upload({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in host.items()}, device)
     return AnchorPlan(
-        cfg=cfg, rows=rows, tile_m=tile_m, sparse_rows=sparse_rows, sparse_tile_m=sparse_tile_m,
+        cfg=cfg, rows=rows_per_tile, tile_m=tile_m, sparse_rows=sparse_rows, sparse_tile_m=sparse_tile_m,
         pack=pack, num_heads=num_heads, num_kv_heads=num_kv_heads,
         segment_tokens=segment_tokens, num_tokens=qsl[-1],
-        tiles=tiles_dev, sparse_tiles=to(table(tail_sparse_tiles + sparse_tiles, 6)) if split_sparse else tiles_dev,
-        items=to(items_cpu), segments=to(table(segs, 4)), tail_blocks=to(table(tail_blocks, 4)),
-        seg_twin=to(torch.tensor(seg_twin, dtype=torch.int32)),
-        pool_rows=to(torch.tensor(pool_rows, dtype=torch.float32)),
-        tile_pool_next=to(torch.tensor(tile_pool_next, dtype=torch.int64)),
-        pool_tiles=to(table(pool_tiles, 2)),
-        list_capacity=list_off, num_pools=len(pool_rows),
+        tiles=dev["tiles"], sparse_tiles=dev["sparse_tiles"] if split_sparse else dev["tiles"],
+        items=dev["items"], segments=dev["segments"], tail_blocks=dev["tail_blocks"], seg_twin=dev["seg_twin"],
+        pool_rows=dev["pool_rows"], tile_pool_next=dev["tile_pool_next"], pool_tiles=dev["pool_tiles"],
+        list_capacity=list_off, num_pools=n_pools,
         items_cpu=items_cpu, item_queries_cpu=torch.tensor(item_q, dtype=torch.int64),
-        item_queries=to(torch.tensor(item_q, dtype=torch.float64)),
+        item_queries=dev["item_queries"],
     )
+
+
+def _tile_rows(seq: int, row_base: int, g0: int, lo: int, hi: int, tile_m: int, item: int, pool_base: int,
+               b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``(seq, row0, pos0, n, item, pool)`` of the tiles holding chunk tokens ``[lo, hi)`` of
+    the group starting at ``g0``, and each tile's last pooling block.
+
+    Tiles sit on absolute multiples of ``tile_m`` from the group start, so a token's tile does
+    not depend on where the chunk begins."""
+    t0 = np.arange(g0 + (lo - g0) // tile_m * tile_m, hi, tile_m, dtype=np.int64)
+    t_lo, t_hi = np.maximum(t0, lo), np.minimum(t0 + tile_m, hi)
+    rows = np.stack([np.full_like(t_lo, seq), row_base + t_lo, t_lo, t_hi - t_lo, np.full_like(t_lo, item),
+                     pool_base + t_lo // b], 1)
+    return rows, pool_base + (t_hi - 1) // b
+
+
+def _rows(blocks: list[np.ndarray], width: int) -> np.ndarray:
+    """The blocks stacked as one int32 table ``[n, width]`` (``width`` 0: a flat vector)."""
+    if not blocks:
+        return np.zeros((0, width) if width else (0,), dtype=np.int32)
+    return np.concatenate(blocks).astype(np.int32)
+
+
+def _pool_tiles(first: np.ndarray, last: np.ndarray, n_pools: int) -> np.ndarray:
+    """``[n_pools, 2]``: the first anchor tile holding rows of each pooling block, and how many
+    do (a contiguous run: tiles and pools are both in token order; a tile spans <= 2 pools)."""
+    t = np.arange(len(first), dtype=np.int64)
+    two = last != first
+    pools = np.concatenate([first, last[two]]).astype(np.int64)
+    owners = np.concatenate([t, t[two]])
+    out = np.zeros((n_pools, 2), dtype=np.int64)
+    out[:, 0] = len(first)
+    np.minimum.at(out[:, 0], pools, owners)
+    out[:, 1] = np.bincount(pools, minlength=n_pools)
+    return out.astype(np.int32)
+
+
+def upload(tables: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """``tables`` on ``device`` in one host-to-device copy, as views of one buffer.
+
+    A plan has ten small tables; ten pinned copies cost the host ten pinned allocations and ten
+    copy launches per step. Each table starts at a multiple of 16 bytes, so every pointer a kernel
+    gets is as aligned as a table of its own (the kernels' Triton specializations stay the same).
+
+    The copy is from pinned memory, so it does not make the host wait: vLLM builds the next step's
+    metadata (and so this plan) while the GPU still runs the current step (async scheduling), and a
+    copy from pageable memory may synchronize with the stream's earlier work. PyTorch's pinned-memory
+    cache keeps the buffer until the copy has run. On the CPU the tables are returned as they are.
+    """
+    if torch.device(device).type != "cuda":
+        return {k: t.to(device) for k, t in tables.items()}
+    packed, offsets = pack_tables(tables, pin=True)
+    return unpack_tables(packed.to(device, non_blocking=True), offsets, tables)
+
+
+def pack_tables(tables: dict[str, torch.Tensor], pin: bool = False) -> tuple[torch.Tensor, dict[str, int]]:
+    """One uint8 host buffer holding every table's bytes, each from a 16-byte boundary, and those
+    offsets. ``pin``: in pinned memory where there is some (then a copy from it is asynchronous)."""
+    offsets, total = {}, 0
+    for k, t in tables.items():
+        offsets[k] = total
+        total += -(-t.numel() * t.element_size() // 16) * 16
+    packed = None
+    if pin:
+        try:
+            packed = torch.empty(max(total, 16), dtype=torch.uint8, pin_memory=True)
+        except RuntimeError:  # no pinned memory here (e.g. WSL): a plain buffer
+            pass
+    if packed is None:
+        packed = torch.empty(max(total, 16), dtype=torch.uint8)
+    for k, t in tables.items():
+        n = t.numel() * t.element_size()
+        if n:
+            packed[offsets[k]:offsets[k] + n] = t.contiguous().reshape(-1).view(torch.uint8)
+    return packed, offsets
+
+
+def unpack_tables(packed: torch.Tensor, offsets: dict[str, int], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Views of ``packed`` (on any device) shaped and typed as the tables ``like``."""
+    return {k: packed[offsets[k]:offsets[k] + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+            for k, t in like.items()}
 
 
 def stripe_density_parts(plan: AnchorPlan, counts: torch.Tensor) -> tuple[torch.Tensor, float]:

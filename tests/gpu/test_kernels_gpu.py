@@ -203,3 +203,22 @@ def test_direct_launch_matches_triton_s_own_launch_bit_for_bit(heads, monkeypatc
     for w, g in zip(want, got):
         assert torch.isfinite(g).all()
         assert torch.equal(w, g)
+
+
+def test_plan_tables_reach_the_gpu_whole_and_16_byte_aligned():
+    """kernels.plan.upload sends the plan's ten tables in one copy, as views of one buffer: each
+    must equal the CPU plan's and start on a 16-byte boundary (the kernels' Triton specializations
+    assume aligned pointers, as separate allocations gave)."""
+    from vllm_anchor.kernels.plan import default_rows, default_segment_tokens, default_sparse_rows
+    cfg = AnchorConfig()
+    kw = dict(rows=default_rows(64, "cuda"), sparse_rows=default_sparse_rows(64, "cuda"),
+              segment_tokens=default_segment_tokens(64, "cuda"))
+    args = ([0, 30000, 30001, 32000], [30000, 65536, 131000], cfg, 9, 3, 64)
+    gpu = plan_anchor_prefill(*args, "cuda", **kw)
+    cpu = plan_anchor_prefill(*args, "cpu", **kw)
+    torch.cuda.synchronize()
+    for name in ("tiles", "sparse_tiles", "items", "segments", "tail_blocks", "seg_twin", "pool_rows",
+                 "tile_pool_next", "pool_tiles", "item_queries"):
+        g = getattr(gpu, name)
+        assert g.is_cuda and g.data_ptr() % 16 == 0, name
+        assert torch.equal(g.cpu(), getattr(cpu, name)), name
