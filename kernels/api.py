@@ -17,9 +17,9 @@ import torch
 import triton
 
 from .config import AnchorConfig
+from .launch import launch
 from .plan import (AnchorPlan, default_rows, default_segment_tokens, default_sparse_rows,  # noqa: F401
                    plan_anchor_prefill, stripe_density_parts)
-from .launch import launch
 from .triton_anchor import anchor_kernel
 from .triton_common import LOG2E
 from .triton_sparse import sparse_kernel

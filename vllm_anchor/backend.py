@@ -31,10 +31,10 @@ from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, stripe_density,
 from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, density_parts, run_anchor_step, run_sparse_step,
                                      run_stripe_step, shared_workspace, step_workspace_nbytes)
 
+from .engine_profile import on_build as profile_step
 from .routing import DeferredDensity, DensityGuard, context_bucket, first_anchor_request, slice_requests
 from .settings import AnchorSettings, load_settings
 from .stats import STATS
-from .engine_profile import on_build as profile_step
 
 logger = logging.getLogger("vllm_anchor")
 

@@ -1,17 +1,21 @@
 """Profile chosen engine steps from inside the process that runs the model.
 
-Served, the anchor path's 32k step is slower and far noisier than with the engine core in the
+Served, the anchor path's 32k step looked slower and far noisier than with the engine core in the
 caller's process (bench/results/lease24_h100/trace32k_mp2/, trace32k_diag/: the floor's engine
-step 68-102 ms out of process against ~53 in process, runs spread 83-177 ms), while stock's is not.
-vLLM's own server profiler recorded no engine step (lease21_h100/trace/) and a profiler in the
+step 68-102 ms out of process against ~53 in process, runs spread 83-177 ms), while stock's did
+not. vLLM's own server profiler recorded no engine step (lease21_h100/trace/) and a profiler in the
 client process cannot see the engine core's. This hook runs where the attention metadata is built,
-so it sees whichever process runs the model, ``vllm serve`` included::
+so it sees whichever process runs the model, ``vllm serve`` included. (What it found,
+lease25_h100/engine_profile/: no garbage collection and no busy thread in the engine process; the
+host-bound floor simply follows the CPU's speed, in process or out.)::
 
     VLLM_ANCHOR_PROFILE_DIR=/tmp/prof VLLM_ANCHOR_PROFILE_STEPS=4:1 vllm serve ... --attention-backend anchor
 
 It counts the steps whose batch holds at least ``VLLM_ANCHOR_PROFILE_MIN_TOKENS`` tokens (default
-1024: prefills, not decodes); from the ``first``-th such step it records until ``count`` of them
-have started and the next step of any size begins (or the process exits), then writes
+2048: prefills, not decodes; vLLM's start-up dummy runs build metadata too, and one of 1024 tokens
+counted as a step with a threshold of 1024); from the ``first``-th such step it records until
+``count`` of them have started and the next step of any size begins (or the process exits), then
+writes
 
 * ``engine-<pid>-step<first>.pt.trace.json.gz``: a torch profiler trace (CPU + CUDA) of the window,
   for ``bench/trace_gaps.py`` (``VLLM_ANCHOR_PROFILE_TORCH=0`` leaves the profiler off);
@@ -90,7 +94,7 @@ def cpu_delta(before: dict, after: dict) -> list[dict]:
 class StepProfiler:
     """The state machine behind :func:`on_build`; tests drive it with a fake clock and no torch."""
 
-    def __init__(self, folder: str, first: int, count: int, min_tokens: int = 1024,
+    def __init__(self, folder: str, first: int, count: int, min_tokens: int = 2048,
                  torch_trace: bool = True, clock=time.perf_counter):
         self.folder, self.first, self.count = folder, first, count
         self.min_tokens, self.torch_trace, self.clock = min_tokens, torch_trace, clock
@@ -206,7 +210,7 @@ def from_env(environ=None) -> StepProfiler | None:
     if not folder:
         return None
     first, count = parse_steps(environ.get(STEPS_ENV, "4:1"))
-    raw = environ.get(MIN_TOKENS_ENV, "1024")
+    raw = environ.get(MIN_TOKENS_ENV, "2048")
     try:
         min_tokens = int(raw)
     except ValueError:

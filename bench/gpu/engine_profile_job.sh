@@ -5,12 +5,16 @@
 # profiler (vllm_anchor/engine_profile.py, VLLM_ANCHOR_PROFILE_*) records inside whichever process
 # runs the model: a torch profiler trace of one long step, plus the garbage collections and the
 # CPU time of every thread of that process in the window.
-# bench/prefill_trace.py, SmolLM2 YaRN x4, 32767-token prompts, 2 warm-up + 5 timed runs per process
-# (long steps 1-7; the profiled step 5 is the third timed run, inflated by the profiler):
+# bench/prefill_trace.py, SmolLM2 YaRN x4, 32767-token prompts, 2 warm-up + 5 timed runs per process.
+# Only the prompts' 32767-token steps count (VLLM_ANCHOR_PROFILE_MIN_TOKENS): step 5 is the third
+# timed run (inflated by the profiler, and the next run by the trace's export):
 #   floor_mp      {"theta": -1000, "density_guard": 1.0}, engine core in its own process, step 5 traced
 #   floor_inproc  the same, engine core in this process
 #   off_mp        {"enabled": false} (FlashAttention through this backend: stock's path), own process
-#   floor_mp_light  own process, no torch profiler: GC and thread CPU over long steps 3-6
+#   floor_mp_light  own process, no torch profiler: GC and thread CPU over steps 3-6 (timed runs 1-4)
+# The run in bench/results/lease25_h100/engine_profile/ (311212d) counted steps of >= 1024 tokens, which
+# took in three of vLLM's start-up builds: its traced step was the second warm-up run, and its light
+# window opened during start-up.
 # Usage on the GPU host: bash bench/gpu/engine_profile_job.sh
 source bench/gpu/setup.sh
 cd /tmp
@@ -21,6 +25,7 @@ run_one() {  # LABEL ANCHOR_JSON MULTIPROCESSING(1|0) TORCH_TRACE(1|0) STEPS
   local label=$1 anchor=$2 d=$R/$1
   mkdir -p "$d"
   VLLM_ENABLE_V1_MULTIPROCESSING=$3 VLLM_ANCHOR_PROFILE_DIR=$d VLLM_ANCHOR_PROFILE_TORCH=$4 VLLM_ANCHOR_PROFILE_STEPS=$5 \
+    VLLM_ANCHOR_PROFILE_MIN_TOKENS=32767 \
     timeout 150 python3 "$REPO/bench/prefill_trace.py" --model "$SMOLLM2" --backend anchor --anchor "$anchor" \
     --tokens 32767 --max-model-len 32768 --kv-cache-gib 6 --warmup 2 --runs 5 --out "$d/prefill.json" > "$d/prefill.log" 2>&1
   echo "$label exit $?"; grep ": median" "$d/prefill.log"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU job (one H100, one call, about 5 min): the anchor path's host time per layer call after
-# kernels.launch (compiled kernels launched directly after their first call), the pack step's
-# density sum on by default, and the pooled queries kept in the workspace.
+# GPU job (one H100, one call, about 8 min): the anchor path's host time per layer call with
+# kernels.launch (compiled kernels launched directly after their first call; on by default at 9ec9bc0,
+# off since: no saving established), the pack step's density sum on by default, and the pooled
+# queries kept in the workspace. Ran at 9ec9bc0 (bench/results/lease25_h100/host_path/).
 #   1. bench/host_overhead.py: host us per anchored layer call, Triton's launches vs direct ones;
 #   2. the GPU tests of the direct launch and the pack step's sum;
 #   3. bench/gpu/trace32k_job.sh mode A (stock, floor, defaults at 32767 tokens, engine in process,
