@@ -111,7 +111,6 @@ class LaunchCache:
                      None, None, None, *full)
         return compiled
 
-
     # The three hooks below are what tests replace to run the cache without a GPU.
     def eligible(self, kernel, args) -> bool:
         return _fast_ok(kernel, args)
