@@ -24,7 +24,9 @@ writes
   it (a busy thread contends for the GIL with the one launching kernels), the builds' timestamps,
   the torch thread count and the CPU affinity.
 
-One window per process; the folder must exist. Off (one attribute test per step) without
+One window per process; the folder must exist. The files are written when the window closes,
+inside the next step's metadata build, which they delay (by a few hundred ms with the torch
+trace): that step's request is not a timing. Off (one attribute test per step) without
 ``VLLM_ANCHOR_PROFILE_DIR``.
 """
 from __future__ import annotations
