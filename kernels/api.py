@@ -8,7 +8,6 @@ Example (tests/test_kernels_cpu.py does this on random paged batches)::
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -40,12 +39,6 @@ RESCALE_TAU = 0.0
 # costs the pack kernel under 1 us per call, and the GPU suite passes with it (lease25_h100/pack_density/).
 # ANCHOR_KERNELS_PACK_COUNTS=0 brings back the tensor ops (plan.stripe_density_parts).
 PACK_COUNTS_SELECTED = os.environ.get("ANCHOR_KERNELS_PACK_COUNTS", "1") != "0"
-
-
-@functools.lru_cache(maxsize=None)
-def _launch_opts_for(head_dim: int, device_type: str) -> dict:
-    """:func:`_launch_opts`, once per shape and device type (its dicts are read, never changed)."""
-    return _launch_opts(head_dim, torch.device(device_type))
 
 
 def _launch_opts(head_dim: int, device: torch.device) -> dict:
@@ -133,7 +126,7 @@ class _Call:
         self.qk_scale = scale * LOG2E
         self.sel_heads = self.rep if self.cfg.share_gqa else 1
         self.num_sel = self.num_heads // self.sel_heads
-        self.opts = _launch_opts_for(self.head_dim, q.device.type)
+        self.opts = _launch_opts(self.head_dim, q.device)
 
     def kv_args(self):
         kv = self.kv
