@@ -181,17 +181,9 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
     segment_tokens:
         Candidate keys per stripe-scan program; default :func:`default_segment_tokens`.
     """
-    qsl = [int(x) for x in query_start_loc]
-    sls = [int(x) for x in seq_lens]
-    if len(qsl) != len(sls) + 1:
-        raise ValueError(f"query_start_loc has {len(qsl)} entries, expected len(seq_lens)+1 = {len(sls) + 1}")
-    pack = heads_per_program(cfg, num_heads, num_kv_heads)
-    sparse_rows = sparse_rows or rows or default_sparse_rows(head_dim, device)
-    rows_per_tile, tile_m = tile_tokens(rows or default_rows(head_dim, device), pack, cfg.pool_block)
-    sparse_rows, sparse_tile_m = tile_tokens(sparse_rows, pack)
-    segment_tokens = segment_tokens or default_segment_tokens(head_dim, device)
-    if segment_tokens <= 0 or segment_tokens % 16:
-        raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
+    qsl, sls = host_lengths(query_start_loc, seq_lens)
+    pack, rows_per_tile, tile_m, sparse_rows, sparse_tile_m, segment_tokens = launch_sizes(
+        cfg, num_heads, num_kv_heads, head_dim, device, rows, segment_tokens, sparse_rows)
     G, b = cfg.group_size, cfg.pool_block
     # Work tables are built per group as numpy blocks (a 64k-token chunk has ~1600 tiles, ~500
     # tail blocks and up to ~1600 segments but only ~33 groups): a per-tile Python loop took
@@ -292,6 +284,29 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
         items_cpu=items_cpu, item_queries_cpu=torch.tensor(item_q, dtype=torch.int64),
         item_queries=dev["item_queries"],
     )
+
+
+def host_lengths(query_start_loc, seq_lens) -> tuple[list[int], list[int]]:
+    """``query_start_loc`` and ``seq_lens`` as host integer lists, checked against each other."""
+    qsl = [int(x) for x in query_start_loc]
+    sls = [int(x) for x in seq_lens]
+    if len(qsl) != len(sls) + 1:
+        raise ValueError(f"query_start_loc has {len(qsl)} entries, expected len(seq_lens)+1 = {len(sls) + 1}")
+    return qsl, sls
+
+
+def launch_sizes(cfg: AnchorConfig, num_heads: int, num_kv_heads: int, head_dim: int, device,
+                 rows: int | None, segment_tokens: int | None, sparse_rows: int | None) -> tuple[int, ...]:
+    """``(pack, rows, tile_m, sparse_rows, sparse_tile_m, segment_tokens)`` of a plan: the
+    arguments of :func:`plan_anchor_prefill`, or their defaults, resolved and checked."""
+    pack = heads_per_program(cfg, num_heads, num_kv_heads)
+    sparse_rows = sparse_rows or rows or default_sparse_rows(head_dim, device)
+    rows, tile_m = tile_tokens(rows or default_rows(head_dim, device), pack, cfg.pool_block)
+    sparse_rows, sparse_tile_m = tile_tokens(sparse_rows, pack)
+    segment_tokens = segment_tokens or default_segment_tokens(head_dim, device)
+    if segment_tokens <= 0 or segment_tokens % 16:
+        raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
+    return pack, rows, tile_m, sparse_rows, sparse_tile_m, segment_tokens
 
 
 def _tile_rows(seq: int, row_base: int, g0: int, lo: int, hi: int, tile_m: int, item: int, pool_base: int,

@@ -1,14 +1,14 @@
 """The work planner as it was written first (kernels/plan.py at c2f9acd): one Python loop step per
-tile, segment and tail block. kernels/plan.py now builds the same tables per group with numpy (the
-loop cost 2.4 ms per 32k plan on the host, time the GPU sat idle at the start of each step); this
-one is kept as the reference its tables must equal (tests/test_plan_vectorized.py)."""
+tile, segment and tail block; its arguments are resolved by the same kernels.plan helpers.
+kernels/plan.py now builds the same tables per group with numpy (the loop cost 2.4 ms per 32k plan
+on the host, time the GPU sat idle at the start of each step); this one is kept as the reference
+its tables must equal (tests/test_plan_vectorized.py)."""
 from __future__ import annotations
 
 import torch
 
 from vllm_anchor.kernels.config import AnchorConfig
-from vllm_anchor.kernels.plan import (ITEM_COLS, ITEM_SEG0, TAIL_BLOCK_TOKENS, default_rows, default_segment_tokens,
-                                      default_sparse_rows, heads_per_program, tile_tokens)
+from vllm_anchor.kernels.plan import ITEM_COLS, ITEM_SEG0, TAIL_BLOCK_TOKENS, host_lengths, launch_sizes
 
 
 def _group_tiles(g: int, g_lo: int, g_hi: int, group_size: int, tile_m: int):
@@ -26,17 +26,9 @@ def reference_plan_tables(query_start_loc: torch.Tensor | list[int], seq_lens: t
                           device: torch.device | str, rows: int | None = None,
                           segment_tokens: int | None = None, sparse_rows: int | None = None) -> tuple:
     """The plan's host tables, ``list_capacity`` and ``num_pools``, built one tile at a time."""
-    qsl = [int(x) for x in query_start_loc]
-    sls = [int(x) for x in seq_lens]
-    if len(qsl) != len(sls) + 1:
-        raise ValueError(f"query_start_loc has {len(qsl)} entries, expected len(seq_lens)+1 = {len(sls) + 1}")
-    pack = heads_per_program(cfg, num_heads, num_kv_heads)
-    sparse_rows = sparse_rows or rows or default_sparse_rows(head_dim, device)
-    rows, tile_m = tile_tokens(rows or default_rows(head_dim, device), pack, cfg.pool_block)
-    sparse_rows, sparse_tile_m = tile_tokens(sparse_rows, pack)
-    segment_tokens = segment_tokens or default_segment_tokens(head_dim, device)
-    if segment_tokens <= 0 or segment_tokens % 16:
-        raise ValueError(f"segment_tokens must be a positive multiple of 16, got {segment_tokens}")
+    qsl, sls = host_lengths(query_start_loc, seq_lens)
+    pack, rows, tile_m, sparse_rows, sparse_tile_m, segment_tokens = launch_sizes(
+        cfg, num_heads, num_kv_heads, head_dim, device, rows, segment_tokens, sparse_rows)
     G, b = cfg.group_size, cfg.pool_block
     tiles, items, segs, pool_rows, tile_pool, tile_pool_next, item_q = [], [], [], [], [], [], []
     # twin_segs: the tail items' segments that their group's other item's scan writes (seg_twin
