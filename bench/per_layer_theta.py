@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from collections import defaultdict
+from statistics import fmean
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from summarize import load_json  # noqa: E402
@@ -42,16 +43,11 @@ def layer_options(files: list[dict], variant: str = "base") -> dict[int, dict[in
     for tokens, layers in acc.items():
         out[tokens] = {}
         for layer, thetas in layers.items():
-            opts = {th: {"ms": _mean(x["anchor_ms"] for x in xs), "recall": _mean(x["recall_mean"] for x in xs),
-                         "p5": _mean(x["recall_p5"] for x in xs)} for th, xs in thetas.items()}
-            opts[DENSE] = {"ms": _mean(fa3[tokens][layer]), "recall": 1.0, "p5": 1.0}
+            opts = {th: {"ms": fmean(x["anchor_ms"] for x in xs), "recall": fmean(x["recall_mean"] for x in xs),
+                         "p5": fmean(x["recall_p5"] for x in xs)} for th, xs in thetas.items()}
+            opts[DENSE] = {"ms": fmean(fa3[tokens][layer]), "recall": 1.0, "p5": 1.0}
             out[tokens][layer] = opts
     return out
-
-
-def _mean(xs) -> float:
-    xs = list(xs)
-    return sum(xs) / len(xs)
 
 
 def score(layers: dict[int, dict], pick: dict[int, object]) -> dict:
