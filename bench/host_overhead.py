@@ -14,7 +14,8 @@ GPU work is short, for each variant:
 
 Each variant: ``--calls`` layer calls issued back to back (one step's worth of layers sharing a
 workspace), host time per call from ``time.perf_counter`` around the loop (before the final
-synchronize), median of ``--repeats``. Also each kernel's launch alone.
+synchronize), median of ``--repeats`` rounds; every round runs each variant once, in a rotated
+order. Also each kernel's launch alone, alternating the two paths.
 
   python bench/host_overhead.py --out host_overhead.json
 """
@@ -81,16 +82,24 @@ def main(argv=None) -> int:
            "plan": {"tiles": plan.num_tiles, "items": plan.num_items, "segments": plan.num_segments,
                     "tail_blocks": plan.num_tail_blocks, "sparse_tiles": plan.num_sparse_tiles},
            "host_us_per_layer_call": {}, "gpu_ms_per_layer_call": None}
-    for name, (direct, pack) in variants.items():
-        cache = L.LaunchCache(enabled=direct)
-        L.LAUNCHES, api.PACK_COUNTS_SELECTED = cache, pack
-        for _ in range(3):  # compile, fill the cache
-            step_host_us()
-        runs = [step_host_us() for _ in range(a.repeats)]
-        res["host_us_per_layer_call"][name] = {"median": statistics.median(runs), "min": min(runs),
-                                               "max": max(runs), "hits": cache.hits, "misses": cache.misses}
-        print(f"{name:<24} host {statistics.median(runs):7.1f} us per layer call (min {min(runs):.1f}, "
-              f"max {max(runs):.1f}); direct launches {cache.hits}, Triton's {cache.misses}", flush=True)
+    # Rounds visit the variants in turn (each round in a rotated order), so the CPU's drift
+    # during the run reaches all of them alike: one variant after another once put 418 us and
+    # 564 us on the same path in two leases (lease25_h100/host_path/, lease26_h100/host_path/).
+    caches = {name: L.LaunchCache(enabled=direct) for name, (direct, _pack) in variants.items()}
+    runs = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(3 + a.repeats):  # 3 warm-up rounds: compile, fill the caches
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            L.LAUNCHES, api.PACK_COUNTS_SELECTED = caches[name], variants[name][1]
+            t = step_host_us()
+            if r >= 3:
+                runs[name].append(t)
+    for name in names:
+        cache, rs = caches[name], runs[name]
+        res["host_us_per_layer_call"][name] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
+                                               "hits": cache.hits, "misses": cache.misses}
+        print(f"{name:<24} host {statistics.median(rs):7.1f} us per layer call (min {min(rs):.1f}, "
+              f"max {max(rs):.1f}); direct launches {cache.hits}, Triton's {cache.misses}", flush=True)
 
     # GPU time of one layer call (so the host figures can be set against it)
     L.LAUNCHES, api.PACK_COUNTS_SELECTED = L.LaunchCache(enabled=True), True
@@ -108,19 +117,19 @@ def main(argv=None) -> int:
     # each kernel's launch alone: the host cost of one launch, Triton's path against the direct one
     call = _Call(case.q, case.kv_cache, case.block_table, plan, case.scale)
     ws = shared_workspace({}, call)
-    per_kernel = {}
-    for name, direct in (("triton", False), ("direct", True)):
-        cache = L.LAUNCHES = L.LaunchCache(enabled=direct)
-        run_anchor_step(call, ws)
-        times = []
-        for _ in range(a.repeats):
+    paths = {"triton": L.LaunchCache(enabled=False), "direct": L.LaunchCache(enabled=True)}
+    times = {name: [] for name in paths}
+    for r in range(1 + a.repeats):
+        for name, cache in (paths.items() if r % 2 else reversed(paths.items())):
+            L.LAUNCHES = cache
             torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(a.calls):
                 run_anchor_step(call, ws)
-            times.append((time.perf_counter() - t) / a.calls * 1e6)
-        torch.cuda.synchronize()
-        per_kernel[name] = statistics.median(times)
+            if r:
+                times[name].append((time.perf_counter() - t) / a.calls * 1e6)
+    torch.cuda.synchronize()
+    per_kernel = {name: statistics.median(ts) for name, ts in times.items()}
     res["anchor_kernel_launch_us"] = per_kernel
     print("anchor_kernel launch alone: " + ", ".join(f"{k} {v:.1f} us" for k, v in per_kernel.items()), flush=True)
     with open(a.out, "w") as f:
