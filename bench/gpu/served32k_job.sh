@@ -6,9 +6,10 @@
 #      rounds (one variant after another gave Triton's path 418 us in lease25 and 564 us in lease26);
 #   2. the whole GPU suite with ANCHOR_KERNELS_FAST_LAUNCH=1 (only its two bit-exactness tests
 #      have run with direct launches so far);
-#   3. three SmolLM2 servers at once, YaRN x4 (--max-model-len 32768, the 32k model; the
+#   3. four SmolLM2 servers at once, YaRN x4 (--max-model-len 32768, the 32k model; the
 #      128k job's 32K prompts run the YaRN x16 model, whose attention at 32k is denser):
-#      anchor defaults (8001), anchor defaults with direct launches (8003), stock FLASH_ATTN (8002);
+#      anchor defaults (8001), anchor defaults with direct launches (8003), the floor
+#      ({"theta": -1000, "density_guard": 1.0}: no stripes, 8004), stock FLASH_ATTN (8002);
 #      32K-token prompts, each anchor server against stock, prompts sent in turn, 8 per server.
 # Usage on the GPU host: bash bench/gpu/served32k_job.sh   (about 7 min: give it 600 s)
 source bench/gpu/setup.sh
@@ -21,13 +22,15 @@ ANCHOR_KERNELS_FAST_LAUNCH=1 gpu_suite 230
 smollm2_common 32k
 serve_anchor 8001 '{}'; PA=$!
 export ANCHOR_KERNELS_FAST_LAUNCH=1; serve_anchor 8003 '{}'; PD=$!; unset ANCHOR_KERNELS_FAST_LAUNCH
+serve_anchor 8004 '{"theta": -1000, "density_guard": 1.0}'; PL=$!
 serve_fa 8002; PF=$!
-servers_up 360 8001:$PA 8003:$PD 8002:$PF
+servers_up 360 8001:$PA 8003:$PD 8004:$PL 8002:$PF
 lap "servers up"
 ttft_vs_stock 120 8001 defaults ttft_32k_defaults_vs_stock --input-lens 32K --num-prompts 8
 anchor_metrics 8001 $R/metrics_defaults.txt
 ttft_vs_stock 120 8003 direct_launch ttft_32k_direct_launch_vs_stock --input-lens 32K --num-prompts 8
 anchor_metrics 8003 $R/metrics_direct_launch.txt
+ttft_vs_stock 120 8004 floor ttft_32k_floor_vs_stock --input-lens 32K --num-prompts 8
 lap "ttft"
-stop_servers $PA $PD $PF
+stop_servers $PA $PD $PL $PF
 date
