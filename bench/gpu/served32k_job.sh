@@ -10,7 +10,7 @@
 #      128k job's 32K prompts run the YaRN x16 model, whose attention at 32k is denser):
 #      anchor defaults (8001), anchor defaults with direct launches (8003), the floor
 #      ({"theta": -1000, "density_guard": 1.0}: no stripes, 8004), stock FLASH_ATTN (8002);
-#      32K-token prompts, each anchor server against stock, prompts sent in turn, 8 per server.
+#      32000-token prompts (32K plus 16 output tokens would not fit 32768), each anchor server against stock, prompts sent in turn, 8 per server.
 # Usage on the GPU host: bash bench/gpu/served32k_job.sh   (about 7 min: give it 600 s)
 source bench/gpu/setup.sh
 cd /tmp
@@ -26,11 +26,11 @@ serve_anchor 8004 '{"theta": -1000, "density_guard": 1.0}'; PL=$!
 serve_fa 8002; PF=$!
 servers_up 360 8001:$PA 8003:$PD 8004:$PL 8002:$PF
 lap "servers up"
-ttft_vs_stock 120 8001 defaults ttft_32k_defaults_vs_stock --input-lens 32K --num-prompts 8
+ttft_vs_stock 120 8001 defaults ttft_32k_defaults_vs_stock --input-lens 32000 --num-prompts 8
 anchor_metrics 8001 $R/metrics_defaults.txt
-ttft_vs_stock 120 8003 direct_launch ttft_32k_direct_launch_vs_stock --input-lens 32K --num-prompts 8
+ttft_vs_stock 120 8003 direct_launch ttft_32k_direct_launch_vs_stock --input-lens 32000 --num-prompts 8
 anchor_metrics 8003 $R/metrics_direct_launch.txt
-ttft_vs_stock 120 8004 floor ttft_32k_floor_vs_stock --input-lens 32K --num-prompts 8
+ttft_vs_stock 120 8004 floor ttft_32k_floor_vs_stock --input-lens 32000 --num-prompts 8
 lap "ttft"
 stop_servers $PA $PD $PL $PF
 date
