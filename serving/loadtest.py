@@ -543,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format_run(run, title=title, overall=entry.get("overall")))
     if len(runs) > 1:
         print(report.format_comparison(runs))
+    for line in report.prefix_cache_warnings(runs):
+        print(line)
     for title, growth in _memory_of(result):
         print(report.format_memory(growth, title=title))
     name = args.result_filename or f"vllm-anchor-bench-{result['date']}.json"

@@ -42,7 +42,8 @@ def tokenizer(tokdir):
 class FakeServer:
     """OpenAI-style streaming server.  ``behavior`` (set by each test):
     ttft_base, ttft_per_1k (s), itl (s), modes (cycled per request: ok, 400, 500, drop, nodone,
-    hang), api_key.  Records every request body and the peak number of requests in flight."""
+    hang), api_key, prefix_cache (report cached prompt tokens as vLLM does with
+    --enable-prompt-tokens-details).  Records every request body and the peak number of requests in flight."""
 
     def __init__(self, tokenizer, tokdir: str):
         self.tok, self.tokdir = tokenizer, tokdir
@@ -50,6 +51,7 @@ class FakeServer:
         self.requests: list[dict] = []
         self.auth: list[str | None] = []
         self.inflight = self.peak = 0
+        self.seen: set = set()  # prompts answered, for behavior prefix_cache (kept across resets)
         self.app = self._make_app()
 
     def reset(self, **behavior):
@@ -106,6 +108,11 @@ class FakeServer:
                 return JSONResponse({"error": {"message": "EngineCore died", "code": 500}}, 500)
             n_out = body.get("max_completion_tokens") or body.get("max_tokens") or 1
             ttft = srv.behavior["ttft_base"] + srv.behavior["ttft_per_1k"] * n_prompt / 1000
+            cached = None
+            if srv.behavior.get("prefix_cache"):  # a prompt seen before: all but its last token cached
+                key = json.dumps(body.get("prompt") or body.get("messages"))
+                cached = n_prompt - 1 if key in srv.seen else 0
+                srv.seen.add(key)
             itl = srv.behavior["itl"]
 
             def sse(obj) -> str:
@@ -130,9 +137,11 @@ class FakeServer:
                         yield sse({"choices": [choice(f" t{i}")], "usage": None})
                         if mode == "drop" and i == 1:
                             raise RuntimeError("simulated engine crash mid-stream")
-                    yield sse({"choices": [], "usage": {"prompt_tokens": n_prompt,
-                                                        "completion_tokens": n_out,
-                                                        "total_tokens": n_prompt + n_out}})
+                    usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out,
+                             "total_tokens": n_prompt + n_out}
+                    if cached is not None:
+                        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+                    yield sse({"choices": [], "usage": usage})
                     if mode != "nodone":
                         yield "data: [DONE]\n\n"
                 finally:
@@ -428,6 +437,36 @@ def test_ab_mode_compares_two_servers(servers, tmp_path, capsys):
     assert 2.0 <= row["ttft_speedup_anchor_vs_stock"] <= 4.6, row
     assert "speedup vs stock" in out
     _check_png(tmp_path / "ab.png")
+
+
+def test_a_second_run_with_the_same_seed_is_flagged_as_prefix_cached(servers, tmp_path, capsys):
+    """One stock server reused by two comparisons: the second, with the same --seed, resends
+    prompts it has answered, and the bench says so; a new --seed does not."""
+    a, b = servers
+    a.reset(prefix_cache=True)
+    b.reset(prefix_cache=True)
+    a.seen.clear()
+    b.seen.clear()
+
+    def run(seed: int, name: str) -> tuple[dict, str]:
+        rc = loadtest.main(["--base-url", a.url, "--compare-url", b.url, "--labels", "anchor,stock",
+                            "--input-lens", "300", "--num-prompts", "2", "--output-len", "2", "--seed", str(seed),
+                            "--no-progress", "--no-plot", "--result-dir", str(tmp_path), "--result-filename", name])
+        assert rc == 0
+        return json.loads((tmp_path / name).read_text()), capsys.readouterr().out
+
+    first, out = run(0, "first.json")
+    assert first["runs"]["stock"]["results"][0]["cached_prompt_tokens"] in (None, 0)
+    assert "prefix cache" not in out
+    a.seen.clear()  # a fresh anchor server, the same stock server
+    second, out = run(0, "second.json")
+    assert second["runs"]["stock"]["results"][0]["cached_prompt_tokens"] == 2 * 299
+    assert second["runs"]["anchor"]["results"][0]["cached_prompt_tokens"] in (None, 0)
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "stock at 300 tokens: 598 of 600" in warnings[0], out
+    a.seen.clear()
+    _third, out = run(1, "third.json")
+    assert "prefix cache" not in out
 
 
 def test_interleave_sends_each_prompt_to_both_servers_in_abba_order(servers, tmp_path):

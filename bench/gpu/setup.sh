@@ -75,11 +75,14 @@ stop_servers() {
 # Servers of the side-by-side jobs, in the background; the job sets R (its results folder, which
 # receives server_PORT.log) and COMMON (model-shape options shared by every server) first.
 # serve_anchor PORT ANCHOR_JSON [vLLM options...]: `vllm-anchor serve` with its own stats folder.
+# Both kinds of server report cached prompt tokens (--enable-prompt-tokens-details), so that
+# `vllm-anchor bench` warns when a server's prefix cache answered part of a measured prompt (one
+# stock server reused by several comparisons with the same --seed: lease26_h100/served32k_seed0/).
 serve_anchor() {
   local port=$1 cfg=$2; shift 2
   rm -rf /tmp/stats-$port; mkdir -p /tmp/stats-$port  # a fresh folder: an earlier job's files would be summed in
   VLLM_ANCHOR_STATS_DIR=/tmp/stats-$port vllm-anchor serve "$SMOLLM2" --port $port \
-    "${COMMON[@]}" --additional-config "{\"anchor\": $cfg}" "$@" > $R/server_$port.log 2>&1 &
+    "${COMMON[@]}" --additional-config "{\"anchor\": $cfg}" --enable-prompt-tokens-details "$@" > $R/server_$port.log 2>&1 &
 }
 # serve_fa PORT [vLLM options...]: stock `vllm serve --attention-backend FLASH_ATTN` with the
 # launcher's long-context defaults (serving/launcher.py: chunked prefill, 65536 batched tokens;
@@ -88,7 +91,7 @@ serve_anchor() {
 serve_fa() {
   local port=$1; shift
   python3 -m vllm.entrypoints.cli.main serve "$SMOLLM2" --port $port --attention-backend FLASH_ATTN \
-    --enable-chunked-prefill --max-num-batched-tokens 65536 "${COMMON[@]}" "$@" > $R/server_$port.log 2>&1 &
+    --enable-chunked-prefill --max-num-batched-tokens 65536 "${COMMON[@]}" --enable-prompt-tokens-details "$@" > $R/server_$port.log 2>&1 &
 }
 
 # ttft_vs_stock LIMIT PORT LABEL NAME [bench options...]: `vllm-anchor bench`, the anchor server on
