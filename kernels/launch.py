@@ -2,9 +2,10 @@
 
 ``kernel[grid](*args)`` re-derives the specialization of every argument, builds and hashes a cache
 key, reads Triton's knobs, builds launch metadata for its (empty) launch-hook chains and calls
-them, on every call. The anchor path is host-bound at 32k: under the profiler an anchored layer
+them, on every call. The anchor path was host-bound at 32k: under the profiler an anchored layer
 call took 0.5-1.7 ms of host time against 0.2-0.5 ms for stock FlashAttention
-(bench/results/lease25_h100/engine_profile/). :func:`launch` keeps the compiled kernel the first
+(bench/results/lease25_h100/engine_profile/). Since the planner's single upload the 32k defaults'
+step is GPU-bound in process (lease26_h100/host_path/trace32k/). :func:`launch` keeps the compiled kernel the first
 call returns, keyed by a specialization key of its own that distinguishes at least everything
 Triton specializes on (tensor dtype and 16-byte alignment; integers equal to 1, divisible by 16,
 their sign and their i32 / i64 / u64 range; constexpr values; the launch options), and calls the
@@ -12,12 +13,15 @@ compiled kernel's launcher directly when the key matches. A new key (or a kernel
 takes Triton's own path, which also compiles.
 
 Measured on the H100 (bench/host_overhead.py, SmolLM2 shape, 2048-token chunk at 8192, one
-anchored layer call's host sequence, bench/results/lease25_h100/host_path_fix/): 425 us against 496
-us with Triton's launches in the same run, but Triton's path alone measured 418 us in the run before,
-and one anchor-kernel launch costs the same both ways (45.6 vs 43.9 us): no saving is established.
-Outputs equal Triton's bit for bit (tests/gpu). So it is off by default; ``ANCHOR_KERNELS_FAST_LAUNCH=1``
-turns it on. What an anchored call spends is mostly the launches themselves (about 40 us each: the
-compiled launcher's argument handling and the driver call) and the backend's Python.
+anchored layer call's host sequence): 425 vs 496 us with Triton's launches (lease25_h100/host_path_fix/),
+415 vs 564 us (lease26_h100/host_path/), and with the variants in alternating rounds 409 vs 525 us and
+246 vs 274 us on two hosts (lease26_h100/served32k_seed0/, served32k_run1/). The whole GPU suite passes
+with it on (51 passed, twice). Served, it did not shorten a 32000-token prefill: median TTFT 133.0 vs
+130.8 ms, 150.3 vs 142.6 ms and 178.8 vs 162.3 ms against the defaults' server beside it, one
+comparison after the other (lease26_h100/served32k_*). So it stays off by default;
+``ANCHOR_KERNELS_FAST_LAUNCH=1`` turns it on. What an anchored call spends is mostly the launches
+themselves (30-80 us each: the compiled launcher's argument handling and the driver call) and the
+backend's Python.
 
 Never used on the CPU interpreter or while a Triton launch hook is set (proton and friends want
 every launch).
