@@ -8,7 +8,8 @@
 #   3. bench/gpu/trace32k_job.sh mode A (stock, floor, defaults at 32767 tokens, engine in process,
 #      one profiled run each), to set against lease25_h100/trace32k_pack_{on,off}/ and host_path/trace32k/.
 # (At 9ec9bc0 the job also ran mode MP2: lease25_h100/host_path/trace32k_mp2/.)
-# Next lease: the first job, for the vectorized planner's single pinned upload (not yet on a GPU).
+# Ran again at 4602693, the vectorized planner's first GPU run (bench/results/lease26_h100/host_path/):
+# suite 51 passed, the plan's GPU idle gone from the 32k traces.
 # Usage on the GPU host: bash bench/gpu/host_path_job.sh   (about 8-9 min: give it the call's 600 s)
 source bench/gpu/setup.sh
 cd /tmp
