@@ -10,7 +10,8 @@
 #      128k job's 32K prompts run the YaRN x16 model, whose attention at 32k is denser):
 #      anchor defaults (8001), anchor defaults with direct launches (8003), the floor
 #      ({"theta": -1000, "density_guard": 1.0}: no stripes, 8004), stock FLASH_ATTN (8002);
-#      32000-token prompts (32K plus 16 output tokens would not fit 32768), each anchor server against stock, prompts sent in turn, 8 per server.
+#      32000-token prompts (32K plus 16 output tokens would not fit 32768), each anchor server
+#      against stock, prompts sent in turn, 8 per server.
 #      Each comparison sends its own prompts (--seed 1, 2, 3): stock sees every comparison's
 #      prompts, and with one seed for all (as first run, lease26_h100/served32k_seed0/) its prefix
 #      cache served 37-49% of the second and third comparisons' prompt tokens.
