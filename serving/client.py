@@ -158,6 +158,21 @@ async def stream_request(session: aiohttp.ClientSession, url: str, body: bytes,
     return res
 
 
+# vLLM's API server closes a keep-alive connection after 5 s idle (VLLM_HTTP_TIMEOUT_KEEP_ALIVE);
+# aiohttp would reuse it for 15 s. A request sent on a pooled connection just as the server closes
+# it fails with ServerDisconnectedError and never reaches the server: the first measured request
+# after the bench's prompt building (several seconds after its /v1/models check) failed that way
+# twice in three runs with --num-warmups 0 (bench/results/lease26_h100/prefix_warning/). The bench
+# reuses a connection only while it has been idle for less than this, well inside the server's 5 s.
+IDLE_REUSE_S = 2.0
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The bench's HTTP session: no connection limit, idle connections dropped after
+    :data:`IDLE_REUSE_S` (a new one costs a TCP handshake, not a failed request)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=IDLE_REUSE_S))
+
+
 async def check_server(session: aiohttp.ClientSession, base_url: str, headers: dict,
                        timeout: float = 10.0) -> list[dict]:
     """GET /v1/models; raise UnreachableServer with a clear message when that fails."""

@@ -37,7 +37,7 @@ from pathlib import Path
 import aiohttp
 
 from . import report
-from .client import RequestResult, UnreachableServer, check_server, stream_request
+from .client import RequestResult, UnreachableServer, check_server, new_session, stream_request
 from .memwatch import MemoryWatcher
 from .metrics import summarize
 from .prompts import CORPORA, Prompt, PromptBuilder, describe, load_tokenizer, parse_length
@@ -419,7 +419,7 @@ async def run_bench(args) -> dict:
     progress = not args.no_progress
 
     lens = [n for n, _ in args.mix] if args.mix else (args.input_lens or _lengths(DEFAULT_LENS))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with new_session() as session:
         models = []
         for url in urls:
             listed = await check_server(session, url, headers)

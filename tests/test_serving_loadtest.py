@@ -336,6 +336,54 @@ def test_connection_errors_are_their_own_kind():
         assert not r.success and r.error_kind == "connection", (r.error_kind, r.error)
 
 
+def test_idle_connections_are_not_reused_past_the_server_s_keep_alive(monkeypatch):
+    """A server that drops a keep-alive connection as the next request arrives on it (vLLM
+    closes idle ones after 5 s). After the /v1/models check and an idle spell, the bench's
+    session sends the first completion on a new connection; a default aiohttp session reuses
+    the old one and the POST fails (aiohttp retries only idempotent requests)."""
+    import aiohttp
+    monkeypatch.setattr(client, "IDLE_REUSE_S", 0.2)
+    models = json.dumps({"object": "list", "data": [{"id": "m"}]}).encode()
+    sse = (b'data: {"choices": [{"index": 0, "text": "x"}]}\n\n'
+           b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}\n\n'
+           b"data: [DONE]\n\n")
+
+    async def go():
+        async def serve(reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")  # a connection's first request: answered
+            if head.startswith(b"POST"):
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(sse), sse))
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(models), models))
+            await writer.drain()
+            try:
+                await reader.readuntil(b"\r\n\r\n")  # the next one on it: dropped unanswered
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            writer.close()
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        outcomes = []
+        for make in (client.new_session, aiohttp.ClientSession):
+            async with make() as session:
+                assert await client.check_server(session, url, {}) == [{"id": "m"}]
+                await asyncio.sleep(0.4)  # idle longer than IDLE_REUSE_S
+                outcomes.append(await client.stream_request(
+                    session, f"{url}/v1/completions", b'{"prompt": [1, 2, 3]}', 3, {}, 5.0))
+        srv.close()
+        await srv.wait_closed()
+        return outcomes
+
+    ours, default = asyncio.run(go())
+    assert ours.success and ours.output_len == 1, (ours.error_kind, ours.error)
+    # the failure the bench avoids: the request never reached the server
+    assert not default.success and default.error_kind == "connection", (default.error_kind, default.error)
+
+
 def test_unreachable_server_message(capsys):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
