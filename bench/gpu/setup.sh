@@ -96,13 +96,20 @@ serve_fa() {
 
 # ttft_vs_stock LIMIT PORT LABEL NAME [bench options...]: `vllm-anchor bench`, the anchor server on
 # PORT against stock on $STOCK_PORT (default 8002), prompts sent to them in turn, 16 output tokens
-# after one warm-up; $R/NAME.json; prints the comparison table. The options give the lengths and
-# prompt counts.
+# after one warm-up; $R/NAME.json; prints the comparison table and the bench's warnings. The options
+# give the lengths and prompt counts. Each call of a job sends its own prompts (--seed 0, 1, 2, ...
+# in call order; a --seed in the options wins): one stock server serves every call, and prompts it
+# had seen would come partly from its prefix cache (lease26_h100/served32k_seed0/).
+TTFT_SEED=0
 ttft_vs_stock() {
   local limit=$1 port=$2 label=$3 name=$4; shift 4
   timeout "$limit" vllm-anchor bench --base-url http://127.0.0.1:$port --compare-url http://127.0.0.1:${STOCK_PORT:-8002} \
     --labels anchor_$label,stock --tokenizer "$SMOLLM2" --num-warmups 1 --output-len 16 --interleave \
-    --no-progress --result-dir $R --result-filename "$name" "$@" 2>&1 | tail -4
+    --no-progress --result-dir $R --result-filename "$name" --seed $TTFT_SEED "$@" > "$R/$name.out" 2>&1
+  TTFT_SEED=$((TTFT_SEED + 1))
+  grep -v "^warning:" "$R/$name.out" | tail -4
+  grep "^warning:" "$R/$name.out"
+  return 0
 }
 
 # step_profile_128k NAME [KERNEL.OPTION=VALUE...]: bench/step_profile.py on the Llama shape at 128k
