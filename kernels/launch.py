@@ -15,7 +15,7 @@ takes Triton's own path, which also compiles.
 Measured on the H100 (bench/host_overhead.py, SmolLM2 shape, 2048-token chunk at 8192, one
 anchored layer call's host sequence): 425 vs 496 us with Triton's launches (lease25_h100/host_path_fix/),
 415 vs 564 us (lease26_h100/host_path/), and with the variants in alternating rounds 409 vs 525 us and
-246 vs 274 us on two hosts (lease26_h100/served32k_seed0/, served32k_run1/). The whole GPU suite passes
+246 vs 274 us in two leases (lease26_h100/served32k_seed0/, served32k_run1/). The whole GPU suite passes
 with it on (51 passed, twice). Served, it did not shorten a 32000-token prefill: median TTFT 133.0 vs
 130.8 ms, 150.3 vs 142.6 ms and 178.8 vs 162.3 ms against the defaults' server beside it, one
 comparison after the other (lease26_h100/served32k_*). So it stays off by default;
