@@ -318,11 +318,14 @@ def test_stats_flush_on_their_own_after_the_last_update(tmp_path, monkeypatch):
     monkeypatch.setenv(stats_mod.STATS_DIR_ENV, str(tmp_path))
     monkeypatch.setattr(stats_mod, "FLUSH_INTERVAL_S", 0.2)
     s = stats_mod.AnchorStats()
-    s.record("model.layers.1.self_attn.attn", 0.5, fallback=False)  # first: flushed at once
+    s.record("model.layers.1.self_attn.attn", 0.5, fallback=False)  # schedules one flush, an interval on
     time.sleep(0.05)
-    for _ in range(3):  # within the interval: one flush is scheduled for all of them
+    for _ in range(3):  # within the interval: the same flush takes them all
         s.record("model.layers.1.self_attn.attn", None, fallback=True)
     path = tmp_path / f"worker-{__import__('os').getpid()}.json"
+    # nothing written inside the calls that made the updates (the first anchored layer of a
+    # prefill must not pay for the write)
+    assert not path.exists()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if path.exists() and json.loads(path.read_text())["model.layers.1.self_attn.attn"]["calls"] == 4:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 
 STATS_DIR_ENV = "VLLM_ANCHOR_STATS_DIR"
@@ -35,7 +34,6 @@ class AnchorStats:
     layers: dict[str, LayerStats] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     auto_flush: bool = True  # tests that flush by hand turn the timer off
-    _last_flush: float = 0.0
     _timer: threading.Timer | None = field(default=None, repr=False)
 
     def record(self, layer: str, density: float | None, fallback: bool) -> None:
@@ -58,15 +56,16 @@ class AnchorStats:
                 s.last_density = density
             if self._timer is not None or not self.auto_flush:
                 return  # a flush is already due
-            delay = max(0.0, self._last_flush + FLUSH_INTERVAL_S - time.monotonic())
-            timer = self._timer = threading.Timer(delay, self._timed_flush)
+            # a full interval after the first unflushed update, never at once: the first update
+            # of a request comes from its prefill's first anchored layer, and a write then would
+            # take the GIL from the thread launching that prefill's kernels
+            timer = self._timer = threading.Timer(FLUSH_INTERVAL_S, self._timed_flush)
             timer.daemon = True
         timer.start()
 
     def _timed_flush(self) -> None:
         with self._lock:
             self._timer = None
-            self._last_flush = time.monotonic()
         try:
             self.flush()
         except OSError:

@@ -142,8 +142,10 @@ llama_dummy_guard() {
 }
 
 # anchor_metrics PORT FILE: the server's vllm_anchor_* /metrics lines into FILE, and one line with
-# its anchor layer calls and dense fallbacks summed over layers.
+# its anchor layer calls and dense fallbacks summed over layers. Waits 1.5 s first: the engine writes
+# its counts a second after their first unflushed update (vllm_anchor/stats.py).
 anchor_metrics() {
+  sleep 1.5
   curl -s "http://127.0.0.1:$1/metrics" | grep -E "^vllm_anchor" > "$2"
   awk -v port="$1" '/^vllm_anchor_prefill_layer_calls_total/ {c+=$2} /^vllm_anchor_density_fallbacks_total/ {f+=$2}
     END {print "port", port, "anchor layer calls", c+0, "dense fallbacks", f+0}' "$2"
