@@ -34,3 +34,15 @@ def test_fits_when_the_tree_leaves_room_for_the_part(tmp_path):
 def test_refuses_when_the_tree_plus_the_part_is_over_64_mib(tmp_path):
     r = _run(_repo(tmp_path, 17 << 20, 48 << 20))
     assert r.returncode == 1 and "too large" in r.stderr
+
+
+def test_a_tracked_file_deleted_in_the_working_tree_is_left_out(tmp_path):
+    """Gzipping a tracked result leaves it deleted until the commit: the check must still run
+    (it used to stop on stat's failure under pipefail, printing nothing)."""
+    repo = _repo(tmp_path, 10 << 20, 48 << 20)
+    (repo / "old.json").write_bytes(b"x" * (3 << 20))
+    subprocess.run(["git", "-C", str(repo), "add", "old.json"], check=True)
+    (repo / "old.json").unlink()
+    r = _run(repo)
+    assert r.returncode == 0, r.stderr
+    assert "tree 10.0 MiB + largest install part 48.0 MiB" in r.stdout

@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 limit=$((64 * 1024 * 1024))
-tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 -r stat -c %s -- 2>/dev/null \
+# (a tracked file deleted in the working tree has no size: stat skips it, and its exit status must
+# not end the script under pipefail)
+tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | { xargs -0 -r stat -c %s -- 2>/dev/null || true; } \
   | awk '{s += $1} END {print s + 0}')
 part=$( (stat -c %s .gpu/part-* .gpu/model-* 2>/dev/null || echo 0) | sort -n | tail -1)
 left=$((limit - tree - part))
