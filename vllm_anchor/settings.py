@@ -28,7 +28,7 @@ class AnchorSettings:
         A prefill request runs the anchor kernels once its context (cached + this chunk)
         reaches this many tokens; shorter ones run stock FlashAttention. On SmolLM2 the whole
         path breaks even with FA3 near 20k tokens (0.84x at 16k, 1.46x at 32k at theta 12:
-        bench/results/kernels_smollm2_h200.json), so a 32k prompt's first 16k chunk stays dense.
+        bench/results/kernels_smollm2_h200.json.gz), so a 32k prompt's first 16k chunk stays dense.
     density_guard:
         Largest stripe density (selected / candidate keys, averaged over the chunk) for which
         the sparse step runs; above it the chunk runs dense FlashAttention instead, so
