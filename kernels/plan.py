@@ -228,12 +228,10 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
             # list, so the columns only the tail wants cost nothing for the rest of the group.
             tail_lo = min(g_hi, max(g_lo, seq_len - cfg.tail_tokens))
             owners = [o for o in ((g_lo, tail_lo, 0), (tail_lo, g_hi, g_hi - tail_lo)) if o[1] > o[0]]
-            seg_lo = np.arange(cfg.sink_tokens, cand_end, segment_tokens, dtype=np.int64)
-            n_own = len(seg_lo)
             for owner, (o_lo, o_hi, n_tail) in enumerate(owners):
                 item = len(items)
-                own = np.stack([np.full_like(seg_lo, item), seg_lo, np.minimum(seg_lo + segment_tokens, cand_end),
-                                list_off + seg_lo - cfg.sink_tokens], 1)
+                own = _candidate_spans(item, cfg.sink_tokens, cand_end, segment_tokens, list_off)
+                n_own = len(own)  # the same for both owners of a group
                 if owner == 0:  # scanned by programs of its own
                     seg0 = main_seg0 = n_segs
                     seg_blocks.append(own)
@@ -249,9 +247,7 @@ def plan_anchor_prefill(query_start_loc: torch.Tensor | list[int], seq_lens: tor
                               qsl[s] + o_lo - start if n_tail else 0, n_tail])
                 item_q.append(o_hi - o_lo)
                 if n_tail:
-                    lo = np.arange(cfg.sink_tokens, cand_end, TAIL_BLOCK_TOKENS, dtype=np.int64)
-                    tail_blocks.append(np.stack([np.full_like(lo, item), lo, np.minimum(lo + TAIL_BLOCK_TOKENS, cand_end),
-                                                 list_off + lo - cfg.sink_tokens], 1))
+                    tail_blocks.append(_candidate_spans(item, cfg.sink_tokens, cand_end, TAIL_BLOCK_TOKENS, list_off))
                 list_off += n_cand
                 if split_sparse:
                     rows, _ = _tile_rows(s, row_base, g * G, o_lo, o_hi, sparse_tile_m, item, pool_base, b)
@@ -321,6 +317,14 @@ def _tile_rows(seq: int, row_base: int, g0: int, lo: int, hi: int, tile_m: int, 
     rows = np.stack([np.full_like(t_lo, seq), row_base + t_lo, t_lo, t_hi - t_lo, np.full_like(t_lo, item),
                      pool_base + t_lo // b], 1)
     return rows, pool_base + (t_hi - 1) // b
+
+
+def _candidate_spans(item: int, lo: int, end: int, step: int, list_off: int) -> np.ndarray:
+    """Rows ``(item, lo, hi, list offset)`` cutting an item's candidate keys ``[lo, end)`` into
+    spans of ``step`` (the scan's segments, the tail's blocks); a span's offset in the item's list
+    is its distance from ``lo``."""
+    start = np.arange(lo, end, step, dtype=np.int64)
+    return np.stack([np.full_like(start, item), start, np.minimum(start + step, end), list_off + start - lo], 1)
 
 
 def _rows(blocks: list[np.ndarray], width: int) -> np.ndarray:
