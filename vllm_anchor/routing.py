@@ -67,9 +67,10 @@ class DensityGuard:
     15 of SmolLM2's 30 layers average above 0.5 on 32K-token prompts and only one on 131000-token
     ones (``bench/results/lease23_h100/guard_key/``), so each ``key`` (the backend passes
     :func:`context_bucket` of the call's context) keeps its own estimate and call count, and a
-    verdict learned on 32k-token prompts does not decide a 128k one. The backend feeds each measurement in a call late (:class:`DeferredDensity`),
-    with the key of the call that made it: a measured call always finishes sparse, and the next
-    calls of that key follow the updated estimate.
+    verdict learned on 32k-token prompts does not decide a 128k one. The backend feeds each
+    measurement in a call late (:class:`DeferredDensity`), with the key of the call that made it:
+    a measured call always finishes sparse, and the next calls of that key follow the updated
+    estimate.
     """
 
     def __init__(self, threshold: float, probe_every: int = 16):
