@@ -62,7 +62,8 @@ if [[ -z "$backend" ]]; then
     backend="${ATTENTION_BACKEND:-anchor}"
     cmd+=(--attention-backend "$backend")
 fi
-if [[ "${backend,,}" == anchor ]] && ! has_flag --max-num-batched-tokens "$@" \
+# CUSTOM is the enum name the plugin registers the backend under (the same server as anchor)
+if [[ "${backend,,}" == anchor || "${backend,,}" == custom ]] && ! has_flag --max-num-batched-tokens "$@" \
         && ! has_flag --max_num_batched_tokens "$@"; then
     cmd+=(--max-num-batched-tokens "${MAX_NUM_BATCHED_TOKENS:-65536}")
 fi

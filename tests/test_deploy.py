@@ -196,6 +196,18 @@ def test_servers_use_anchor_backend(rendered):
         assert _flag(x["serve"], "--attention-backend") == want, x["where"]
 
 
+def test_anchor_servers_prefill_in_64k_steps(rendered):
+    """Every anchor server passes --max-num-batched-tokens 65536, as `vllm-anchor serve` and the
+    image's entry point do (these commands bypass the entry point, and the multi-node leader's
+    shell command had once left it out): at vLLM's smaller default a long prompt prefills in
+    more engine steps, each with a host cost the anchor path cannot hide."""
+    servers = [x for x in _containers(rendered)
+               if x["serve"] is not None and _flag(x["serve"], "--attention-backend") == "anchor"]
+    assert len(servers) == 4, [x["where"] for x in servers]
+    for x in servers:
+        assert _flag(x["serve"], "--max-num-batched-tokens") == "65536", x["where"]
+
+
 def test_probes_hit_health(rendered):
     for x in _containers(rendered):
         if x["serve"] is None and x["role"] == "worker":
@@ -347,32 +359,61 @@ def _anchor_config_fields() -> set[str]:
     return set(_anchor_config_class().field_names())
 
 
-def test_deploy_shows_every_kernel_setting_with_its_default():
-    """compose.yaml and the base ConfigMap say "defaults shown": they must list every
-    AnchorConfig field with the value the package actually uses."""
-    defaults = _anchor_config_class()()
+def _plugin_settings() -> dict[str, object]:
+    """Every key the plugin reads as ``VLLM_ANCHOR_<KEY>`` with its default: the kernel's
+    AnchorConfig fields plus the backend's own (min_seq_len, density_guard, layers, enabled)."""
+    from vllm_anchor.settings import KNOWN_KEYS, AnchorSettings
+
+    defaults = AnchorSettings()
+    out = {k: getattr(defaults.kernel, k) for k in _anchor_config_fields()}
+    out.update({k: getattr(defaults, k) for k in KNOWN_KEYS if k not in out})
+    assert set(out) == set(KNOWN_KEYS)
+    return out
+
+
+def test_deploy_shows_every_setting_with_its_default():
+    """compose.yaml and the base ConfigMap say "defaults shown": they must list every setting
+    the plugin reads (a key left out never reaches the container) with the value the package
+    actually uses."""
+    defaults = _plugin_settings()
 
     def same(key: str, text: str) -> bool:
-        want = getattr(defaults, key)
-        return (text.lower() == str(want).lower()) if isinstance(want, bool) else type(want)(text) == want
+        want = defaults[key]
+        if isinstance(want, bool):
+            return text.lower() == str(want).lower()
+        return type(want)(text) == want
 
     compose = dict(re.findall(r"VLLM_ANCHOR_(\w+): \$\{VLLM_ANCHOR_\w+:-([^}]*)\}", (DEPLOY / "compose.yaml").read_text()))
     configmap = dict(re.findall(r'VLLM_ANCHOR_(\w+): "([^"]*)"', (K8S / "base" / "configmap.yaml").read_text()))
     for name, shown in (("compose.yaml", compose), ("configmap.yaml", configmap)):
-        assert {k.lower() for k in shown} == _anchor_config_fields(), name
+        assert {k.lower() for k in shown} == set(defaults), name
         wrong = {k: v for k, v in shown.items() if not same(k.lower(), v)}
-        assert not wrong, f"{name}: values differ from AnchorConfig's defaults: {wrong}"
+        assert not wrong, f"{name}: values differ from the plugin's defaults: {wrong}"
 
 
-def test_anchor_env_vars_match_config_fields():
-    fields = _anchor_config_fields()
+def test_deploy_readme_lists_every_setting_with_its_default():
+    defaults = _plugin_settings()
+    rows = dict(re.findall(r"^\| `VLLM_ANCHOR_(\w+)` \| `([^`]*)` \|", (DEPLOY / "README.md").read_text(), re.M))
+    assert {k.lower() for k in rows} == set(defaults)
+    for key, text in rows.items():
+        want = defaults[key.lower()]
+        assert text.lower() == str(want).lower(), (key, text, want)
+
+
+def test_anchor_env_vars_are_settings_the_plugin_reads():
+    """A misspelt VLLM_ANCHOR_* stops the server at start-up (settings.load_settings); deploy/
+    must not ship one."""
+    from vllm_anchor.settings import ENV_PREFIX, KNOWN_KEYS, OTHER_ENV
+
+    allowed = {ENV_PREFIX + k.upper() for k in KNOWN_KEYS} | set(OTHER_ENV)
     names = set()
     for f in DEPLOY.rglob("*"):
         if f.is_file() and f.suffix in (".yaml", ".sh", ".md", "") and f.name != "validate.sh":
-            names |= set(re.findall(r"\bVLLM_ANCHOR_([A-Z_]+)\b", f.read_text()))
+            # a name followed by "*" is a family (VLLM_ANCHOR_PROFILE_*), not a variable
+            names |= set(re.findall(r"\bVLLM_ANCHOR_[A-Z_]+\b(?!\*)", f.read_text()))
     assert names, "no VLLM_ANCHOR_* settings found in deploy/"
-    unknown = {n for n in names if n.lower() not in fields}
-    assert not unknown, f"VLLM_ANCHOR_* with no AnchorConfig field: {sorted(unknown)} (fields: {sorted(fields)})"
+    unknown = names - allowed
+    assert not unknown, f"VLLM_ANCHOR_* the plugin does not read: {sorted(unknown)} (known: {sorted(allowed)})"
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -398,6 +439,8 @@ def test_entrypoint_builds_serve_command():
     assert r.stdout.split() == ["vllm", "serve", "m", "--attention-backend", "anchor", "--max_num_batched_tokens=8192"]
     r = _entrypoint("m", "--attention-backend", "ANCHOR", MAX_NUM_BATCHED_TOKENS="32768")
     assert r.stdout.split() == ["vllm", "serve", "m", "--max-num-batched-tokens", "32768", "--attention-backend", "ANCHOR"]
+    r = _entrypoint("m", "--attention-backend", "CUSTOM")  # the plugin's enum name: the same backend
+    assert r.stdout.split() == ["vllm", "serve", "m", "--max-num-batched-tokens", "65536", "--attention-backend", "CUSTOM"]
     r = _entrypoint("m", ATTENTION_BACKEND="FLASH_ATTN")
     assert r.stdout.split() == ["vllm", "serve", "m", "--attention-backend", "FLASH_ATTN"]
     r = _entrypoint("--max-model-len", "8k")
