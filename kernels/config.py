@@ -13,7 +13,8 @@ For a query at absolute position ``i`` in group ``g = i // group_size``:
   candidates that they score within ``theta`` of their own anchors one by one.
 
 The two sets are disjoint and together cover every key ``<= i`` (no double counting and no
-dropped block, unlike the published code; see docs/anchor-algorithm.md section 1d).
+dropped block, unlike the published code; see the project's algorithm spec,
+docs/anchor-algorithm.md section 1d, in the team's shared folder).
 """
 from __future__ import annotations
 

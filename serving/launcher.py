@@ -215,20 +215,25 @@ def server_env(environ=None) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k not in LAUNCHER_ONLY_ENV}
 
 
-def check_anchor_settings(additional_config: dict | None) -> None:
+def check_anchor_settings(additional_config: dict | None, from_config_file: bool = False) -> None:
     """Validate the ``anchor`` settings (additional-config and VLLM_ANCHOR_* variables) the way
-    the backend will at start-up, so a typo fails now rather than minutes into vLLM's start."""
+    the backend will at start-up, so a typo fails now rather than minutes into vLLM's start.
+    ``from_config_file``: part of the section came from a ``--config`` file's ``anchor:``, which
+    the error then names (the backend only sees ``--additional-config``)."""
     env = {k: v for k, v in server_env().items() if k.startswith("VLLM_ANCHOR_")}
     if not env and "anchor" not in (additional_config or {}):
         return
     try:
+        from vllm_anchor.engine_profile import from_env as profiler_from_env
         from vllm_anchor.settings import load_settings
     except ImportError:  # the backend's settings module is not there: vLLM will tell
         return
     try:
         load_settings(additional_config or {}, environ=env)
+        profiler_from_env(env)  # VLLM_ANCHOR_PROFILE_*: the plugin checks these at start-up too
     except ValueError as e:
-        raise LaunchError(f"anchor settings: {e}") from None
+        where = " (the --config file's anchor: section is sent as --additional-config)" if from_config_file else ""
+        raise LaunchError(f"anchor settings: {e}{where}") from None
 
 
 def build_plan(argv: list[str], *, build_demo: bool = False, log=print) -> tuple[Plan, bool]:
@@ -305,7 +310,7 @@ def build_plan(argv: list[str], *, build_demo: bool = False, log=print) -> tuple
     if anchor_cfg is not None:
         ac = merged.get("--additional-config", {})
         merged["--additional-config"] = deep_merge({"anchor": anchor_cfg}, ac)
-    check_anchor_settings(merged.get("--additional-config"))
+    check_anchor_settings(merged.get("--additional-config"), from_config_file=anchor_cfg is not None)
 
     names = {canonical(g[0]) for g in kept}
     added: list[str] = []

@@ -187,6 +187,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "--request-rate, else requests would be sent without bound")
     if args.watch_interval <= 0:
         p.error("--watch-interval must be > 0 s")
+    if not args.request_rate > 0:  # a rate of 0 or less would send nothing, or read as unlimited
+        p.error("--request-rate must be > 0 requests/s (inf: as fast as --concurrency allows)")
+    try:
+        pcts = [float(x) for x in args.percentiles.split(",") if x.strip()]
+    except ValueError:
+        pcts = None
+    if not pcts or not all(0 <= x <= 100 for x in pcts):
+        p.error(f"--percentiles takes numbers between 0 and 100, comma-separated, got {args.percentiles!r}")
     if args.interleave and (not args.compare_url or args.mix or args.concurrency != 1
                             or math.isfinite(args.request_rate) or args.duration):
         p.error("--interleave needs --compare-url and one request at a time (--concurrency 1, "

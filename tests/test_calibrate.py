@@ -151,7 +151,9 @@ def test_heatmap_writes_png(tmp_path):
 
 
 def test_cli_has_calibrate(capsys):
-    assert cli.main([]) == 2
+    assert cli.main([]) == 2  # no command: a usage error, on stderr
+    assert "calibrate" in capsys.readouterr().err
+    assert cli.main(["--help"]) == 0
     assert "calibrate" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         cli.main(["calibrate", "--help"])

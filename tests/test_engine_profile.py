@@ -47,6 +47,10 @@ def test_from_env_is_off_without_a_folder_and_names_a_bad_variable(tmp_path):
         ep.from_env({ep.DIR_ENV: str(tmp_path), ep.STEPS_ENV: "x"})
     with pytest.raises(ValueError, match=ep.DIR_ENV):
         ep.from_env({ep.DIR_ENV: str(tmp_path / "missing")})
+    with pytest.raises(ValueError, match=ep.TORCH_ENV):  # was taken as "on"
+        ep.from_env({ep.DIR_ENV: str(tmp_path), ep.TORCH_ENV: "abc"})
+    assert ep.from_env({ep.DIR_ENV: str(tmp_path), ep.TORCH_ENV: " Off "}).torch_trace is False
+    assert ep.from_env({ep.DIR_ENV: str(tmp_path), ep.TORCH_ENV: "yes"}).torch_trace is True
 
 
 def test_profile_variables_are_not_rejected_as_unknown_settings(tmp_path):

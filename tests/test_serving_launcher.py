@@ -159,13 +159,22 @@ def test_unknown_anchor_setting_fails_before_vllm_starts(capsys, tmp_path, monke
     cfg = tmp_path / "c.yaml"
     cfg.write_text("anchor:\n  thetta: 3\n")
     assert launcher.main(["m", "--config", str(cfg), "--dry-run"]) == 2
-    assert "unknown anchor setting 'thetta'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown anchor setting 'thetta'" in err and "--config file's anchor: section" in err
     monkeypatch.setenv("VLLM_ANCHOR_BOGUS", "1")
     assert launcher.main(["m", "--dry-run"]) == 2
     assert "VLLM_ANCHOR_BOGUS" in capsys.readouterr().err
     monkeypatch.delenv("VLLM_ANCHOR_BOGUS")
     monkeypatch.setenv("VLLM_ANCHOR_CACHE", str(tmp_path))  # launcher-only: not an error
     assert launcher.main(["m", "--dry-run", "--additional-config", '{"anchor": {"theta": 4}}']) == 0
+    # the step profiler's variables are checked too (the plugin stops the server on them)
+    monkeypatch.setenv("VLLM_ANCHOR_PROFILE_DIR", str(tmp_path / "missing"))
+    assert launcher.main(["m", "--dry-run"]) == 2
+    assert "VLLM_ANCHOR_PROFILE_DIR" in capsys.readouterr().err
+    monkeypatch.setenv("VLLM_ANCHOR_PROFILE_DIR", str(tmp_path))
+    monkeypatch.setenv("VLLM_ANCHOR_PROFILE_TORCH", "maybe")
+    assert launcher.main(["m", "--dry-run"]) == 2
+    assert "VLLM_ANCHOR_PROFILE_TORCH" in capsys.readouterr().err
 
 
 def test_bad_json_flag_value(capsys):

@@ -803,6 +803,9 @@ def test_mix_ab_mode_json_table_and_png(servers, tmp_path, capsys):
     (["--mix", "512:1", "--num-prompts", "0", "--duration", "5", "--concurrency", "0"],
      "finite --request-rate"),
     (["--watch-pid", "1", "--watch-interval", "0"], "--watch-interval must be > 0"),
+    (["--input-lens", "8k", "--request-rate", "-1"], "--request-rate must be > 0"),
+    (["--input-lens", "8k", "--percentiles", "50,abc"], "--percentiles takes numbers"),
+    (["--input-lens", "8k", "--percentiles", "50,120"], "--percentiles takes numbers"),
 ])
 def test_mix_and_watch_argument_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:

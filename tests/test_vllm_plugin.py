@@ -87,6 +87,13 @@ def test_every_known_key_has_an_env_variable():
     ({"anchor": {"enabled": "perhaps"}}, {}, "'enabled'"),
     ({"anchor": 5}, {}, '"anchor" must be an object'),
     ({}, {"VLLM_ANCHOR_GROUP_SIZE": "two"}, "VLLM_ANCHOR_GROUP_SIZE"),
+    # values the kernel config rejects together name where each came from
+    ({}, {"VLLM_ANCHOR_GROUP_SIZE": "1000"}, "group_size from VLLM_ANCHOR_GROUP_SIZE"),
+    ({"anchor": {"group_size": 384}}, {"VLLM_ANCHOR_POOL_BLOCK": "256"},
+     "pool_block from VLLM_ANCHOR_POOL_BLOCK; group_size from --additional-config"),
+    ({}, {"VLLM_ANCHOR_MIN_SEQ_LEN": "0"}, "min_seq_len from VLLM_ANCHOR_MIN_SEQ_LEN"),
+    # a misspelt profiler variable is listed beside the right names
+    ({}, {"VLLM_ANCHOR_PROFILE_STEP": "1"}, "VLLM_ANCHOR_PROFILE_STEPS"),
 ])
 def test_settings_reject_bad_input_naming_it(extra, env, needle):
     with pytest.raises(ValueError) as e:

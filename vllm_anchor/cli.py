@@ -20,7 +20,8 @@ Run `vllm-anchor serve --help`, `vllm-anchor bench --help` or `vllm-anchor calib
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        # asked for: stdout and success; no command at all is a usage error (stderr, 2)
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "serve":

@@ -219,7 +219,10 @@ def from_env(environ=None) -> StepProfiler | None:
         min_tokens = 0
     if min_tokens < 1:
         raise ValueError(f"{MIN_TOKENS_ENV} must be an integer >= 1, got {raw!r}")
-    torch_trace = environ.get(TORCH_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    raw_torch = environ.get(TORCH_ENV, "1").strip().lower()
+    if raw_torch not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"{TORCH_ENV} must be 1/0 (true/false, yes/no, on/off), got {raw_torch!r}")
+    torch_trace = raw_torch in ("1", "true", "yes", "on")
     if not os.path.isdir(folder):
         raise ValueError(f"{DIR_ENV}={folder!r} is not a folder")
     return StepProfiler(folder, first, count, min_tokens, torch_trace)

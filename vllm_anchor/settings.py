@@ -28,7 +28,10 @@ class AnchorSettings:
         A prefill request runs the anchor kernels once its context (cached + this chunk)
         reaches this many tokens; shorter ones run stock FlashAttention. On SmolLM2 the whole
         path breaks even with FA3 near 20k tokens (0.84x at 16k, 1.46x at 32k at theta 12:
-        bench/results/kernels_smollm2_h200.json.gz), so a 32k prompt's first 16k chunk stays dense.
+        bench/results/kernels_smollm2_h200.json.gz). The default sits above 16k, where the path
+        loses to FA3, and below 32k, where it wins; it counts the whole context, so the later
+        chunks of a long prompt (and a chunk after a prefix-cache hit) run anchor even when the
+        chunk itself is short.
     density_guard:
         Largest stripe density (selected / candidate keys, averaged over the chunk) for which
         the sparse step runs; above it the chunk runs dense FlashAttention instead, so
@@ -120,14 +123,16 @@ def load_settings(additional_config: dict | None = None, environ: dict | None = 
     """Merge defaults, ``VLLM_ANCHOR_*`` variables and ``additional_config["anchor"]``."""
     environ = os.environ if environ is None else environ
     values: dict = {}
+    sources: dict[str, str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in OTHER_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower()
         if key not in KNOWN_KEYS:
             raise ValueError(f"unknown environment variable {name}; known: "
-                             + ", ".join(ENV_PREFIX + k.upper() for k in KNOWN_KEYS))
+                             + ", ".join([ENV_PREFIX + k.upper() for k in KNOWN_KEYS] + sorted(OTHER_ENV)))
         values[key] = _coerce(key, raw, name)
+        sources[key] = name
     section = (additional_config or {}).get("anchor", {})
     if not isinstance(section, dict):
         raise ValueError(f'--additional-config "anchor" must be an object, got {section!r}')
@@ -135,5 +140,12 @@ def load_settings(additional_config: dict | None = None, environ: dict | None = 
         if key not in KNOWN_KEYS:
             raise ValueError(f"unknown anchor setting {key!r} in --additional-config; known: {', '.join(KNOWN_KEYS)}")
         values[key] = _coerce(key, raw, "--additional-config")
-    kernel = AnchorConfig(**{k: v for k, v in values.items() if k in _KERNEL_KEYS})
-    return AnchorSettings(kernel=kernel, **{k: v for k, v in values.items() if k in _BACKEND_KEYS})
+        sources[key] = "--additional-config"
+    try:
+        kernel = AnchorConfig(**{k: v for k, v in values.items() if k in _KERNEL_KEYS})
+        return AnchorSettings(kernel=kernel, **{k: v for k, v in values.items() if k in _BACKEND_KEYS})
+    except ValueError as e:
+        # a value that is fine alone but not with the others (group_size vs pool_block): say
+        # where each setting involved came from
+        named = [f"{k} from {src}" for k, src in sources.items() if k in str(e)]
+        raise ValueError(f"{e}" + (f" ({'; '.join(named)})" if named else "")) from None
