@@ -3,7 +3,7 @@
 A decode-only step replays the same full CUDA graph of stock FA3 kernels under both backends
 (``AnchorImpl.forward`` is never called in a replay), so the only difference is on the host:
 ``AnchorMetadataBuilder.build`` first asks whether any request of the batch runs anchor
-(``_first_anchor_request``) and wraps FA's metadata in ``AnchorMetadata``. This times exactly
+(``_anchor_run``) and wraps FA's metadata in ``AnchorMetadata``. This times exactly
 that extra work on hand-built decode batches, on the CPU, no GPU needed:
 
   python bench/decode_overhead.py --out bench/results/decode_overhead_cpu.json
@@ -55,8 +55,8 @@ def extra_work_us(builder, cm, fa_metadata, reps: int) -> float:
     for _ in range(7):
         t = time.perf_counter()
         for _ in range(reps):
-            k = builder._first_anchor_request(cm)
-            if k == cm.num_reqs:
+            k, e = builder._anchor_run(cm)
+            if k == e:
                 AnchorMetadata(fa_metadata, None, None)
         rounds.append((time.perf_counter() - t) / reps * 1e6)
     return statistics.median(rounds)
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     rows = []
     for n in a.batch_sizes:
         cm = decode_batch(n, a.context)
-        assert builder._first_anchor_request(cm) == n, "a decode batch must not run anchor"
+        assert builder._anchor_run(cm) == (n, n), "a decode batch must not run anchor"
         rows.append({"num_reqs": n, "context": a.context, "extra_us_per_step": extra_work_us(builder, cm, fa_metadata,
                                                                                              a.reps)})
         print(json.dumps(rows[-1]), flush=True)

@@ -195,7 +195,9 @@ def shared_workspace(cache: dict, call: _Call) -> AnchorWorkspace:
     path is host-bound on short contexts, bench/results/lease20_h100/walk/). The cache must not
     outlive its plan.
     """
-    key = (call.num_heads, call.num_sel, call.block_d, call.q.device)
+    # the plan sizes the buffers too: a step can hold plans of two head shapes (a draft model's
+    # layers beside the target's), and their buffers must not be shared
+    key = (id(call.plan), call.num_heads, call.num_sel, call.block_d, call.q.device)
     ws = cache.get(key)
     if ws is None:
         ws = cache[key] = new_workspace(call)

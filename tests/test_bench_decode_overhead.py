@@ -14,7 +14,7 @@ def test_decode_batches_never_run_anchor_and_a_long_prefill_does():
     b = decode_overhead.anchor_builder()
     cm = decode_overhead.decode_batch(8, context=200000)
     assert cm.num_actual_tokens == 8 and cm.max_query_len == 1
-    assert b._first_anchor_request(cm) == 8  # all decodes: stock FA for the whole batch
+    assert b._anchor_run(cm) == (8, 8)  # all decodes: stock FA for the whole batch
     # the same builder state does pick a long prefill, so the timing above is of the real decision
     from vllm.v1.attention.backend import CommonAttentionMetadata
     qsl = torch.tensor([0, 1, 8193], dtype=torch.int32)
@@ -25,7 +25,7 @@ def test_decode_batches_never_run_anchor_and_a_long_prefill_does():
         block_table_tensor=torch.zeros(2, 2500, dtype=torch.int32), slot_mapping=torch.arange(8193),
         seq_lens_cpu_upper_bound=seq, positions=torch.arange(8193),
         is_prefilling=torch.tensor([False, True]))
-    assert b._first_anchor_request(long) == 1
+    assert b._anchor_run(long) == (1, 2)
 
 
 def test_main_writes_one_row_per_batch_size(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vllm_anchor.kernels import AnchorConfig, plan_anchor_prefill, stripe_density
-from vllm_anchor.routing import DensityGuard, context_bucket, first_anchor_request, slice_requests
+from vllm_anchor.routing import DensityGuard, anchor_run, context_bucket, slice_requests
 from vllm_anchor.settings import KNOWN_KEYS, AnchorSettings, load_settings, parse_layers
 
 
@@ -121,38 +121,55 @@ def _qsl(q_lens):
     return torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
 
 
-@pytest.mark.parametrize("q_lens,seq_lens,num_decodes,expected", [
-    ([1, 1, 300, 8192], [50, 90000, 400, 40000], 2, 3),      # decodes + short + long -> tail of one
-    ([1, 8192, 8192], [20000, 30000, 40000], 1, 1),          # both prefills long
-    ([1, 1], [50000, 60000], 2, 2),                            # decode only: nothing
-    ([8192, 100], [40000, 500], 0, 2),                         # long then short: only a long tail counts
-    ([8192], [16384], 0, 0),                                   # exactly at min_seq_len
-    ([8192], [16383], 0, 1),
+@pytest.mark.parametrize("q_lens,seq_lens,num_decodes,prefilling,expected", [
+    ([1, 1, 300, 8192], [50, 90000, 400, 40000], 2, None, (3, 4)),    # decodes + short + long
+    ([1, 8192, 8192], [20000, 30000, 40000], 1, None, (1, 3)),        # both prefills long
+    ([1, 1], [50000, 60000], 2, None, (2, 2)),                        # decode only: nothing
+    ([8192, 100], [40000, 500], 0, None, (0, 1)),                     # long, then a short new prompt
+    ([1, 8192, 300, 4096, 100], [9, 40000, 300, 50000, 100], 1, None, (1, 2)),  # two runs: the longer
+    ([1, 4096, 300, 8192, 8192, 7], [9, 40000, 300, 50000, 60000, 7], 1, None, (3, 5)),
+    ([8192], [16384], 0, None, (0, 1)),                               # exactly at min_seq_len
+    ([8192], [16383], 0, None, (1, 1)),
+    # speculative decoding: a decode of a long conversation with 1 + 2 drafts is no prefill
+    ([3, 3, 8192], [40002, 50002, 40000], 0, [False, False, True], (2, 3)),
+    ([3, 3], [40002, 50002], 0, [False, False], (2, 2)),
 ])
-def test_first_anchor_request(q_lens, seq_lens, num_decodes, expected):
-    k = first_anchor_request(_qsl(q_lens), torch.tensor(seq_lens), num_decodes, min_seq_len=16384)
-    assert k == expected
+def test_anchor_run(q_lens, seq_lens, num_decodes, prefilling, expected):
+    flags = None if prefilling is None else torch.tensor(prefilling)
+    run = anchor_run(_qsl(q_lens), torch.tensor(seq_lens), num_decodes, min_seq_len=16384, is_prefilling=flags)
+    assert run == expected
 
 
-def test_slice_requests_keeps_head_consistent():
+def _cm(q_lens, seq_lens, prefilling, width=8):
     from vllm.v1.attention.backend import CommonAttentionMetadata
-    q_lens, seq_lens = [1, 1, 300, 4096], [50, 70, 400, 20000]
     qsl = _qsl(q_lens)
-    n = int(qsl[-1])
-    cm = CommonAttentionMetadata(
-        query_start_loc=qsl.clone(), query_start_loc_cpu=qsl, seq_lens=torch.tensor(seq_lens),
-        num_reqs=4, num_actual_tokens=n, max_query_len=4096, max_seq_len=20000,
-        block_table_tensor=torch.arange(4 * 8).view(4, 8), slot_mapping=torch.arange(n),
-        seq_lens_cpu_upper_bound=torch.tensor(seq_lens), positions=torch.arange(n),
-        is_prefilling=torch.tensor([False, False, True, True]))
+    n, r = int(qsl[-1]), len(q_lens)
+    seq = torch.tensor(seq_lens, dtype=torch.int32)
+    return CommonAttentionMetadata(
+        query_start_loc=qsl.clone(), query_start_loc_cpu=qsl, seq_lens=seq.clone(),
+        num_reqs=r, num_actual_tokens=n, max_query_len=max(q_lens), max_seq_len=max(seq_lens),
+        block_table_tensor=torch.arange(r * width).view(r, width), slot_mapping=torch.arange(n),
+        seq_lens_cpu_upper_bound=seq, positions=torch.arange(n), is_prefilling=torch.tensor(prefilling))
+
+
+def test_slice_requests_rebases_any_run_of_requests():
+    cm = _cm([1, 1, 300, 4096, 50], [50, 70, 400, 20000, 50], [False, False, True, True, True])
     head = slice_requests(cm, 0, 3)
     assert head.num_reqs == 3 and head.num_actual_tokens == 302
     assert head.max_query_len == 300 and head.max_seq_len == 400
     assert head.slot_mapping.shape[0] == 302 and head.positions.shape[0] == 302
     assert head.block_table_tensor.shape[0] == 3 and head.seq_lens.tolist() == [50, 70, 400]
     assert head.is_prefilling.tolist() == [False, False, True]
+    tail = slice_requests(cm, 3, 5)  # tokens 302..4448 of the batch become 0..4146
+    assert tail.num_reqs == 2 and tail.num_actual_tokens == 4146
+    assert tail.query_start_loc_cpu.tolist() == tail.query_start_loc.tolist() == [0, 4096, 4146]
+    assert tail.slot_mapping.tolist() == list(range(302, 4448)) and tail.positions[0] == 302
+    assert tail.block_table_tensor.tolist() == cm.block_table_tensor[3:].tolist()
+    assert tail.seq_lens.tolist() == [20000, 50] and tail.seq_lens_cpu_upper_bound.tolist() == [20000, 50]
+    assert tail.max_seq_len == 20000 and tail.is_prefilling.tolist() == [True, True]
+    assert tail.compute_num_computed_tokens().tolist() == [20000 - 4096, 0]  # no cache of the whole batch
     with pytest.raises(ValueError):
-        slice_requests(cm, 1, 3)
+        slice_requests(cm, 3, 6)
 
 
 def test_stripe_density_and_guard_decision():
@@ -495,6 +512,91 @@ def test_backend_layers_of_a_step_share_one_workspace(monkeypatch):
         STATS.auto_flush = True
 
 
+def test_backend_forward_hands_the_requests_around_the_anchored_ones_to_flash_attention(monkeypatch):
+    """A batch [short | long (anchor) | short]: FlashAttention (stubbed) gets the head with the
+    batch's own offsets and the tail from its first token, as a slice of query and output; the
+    anchored rows in between equal the reference."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from paged_case import make_case
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
+
+    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.kernels import reference as R
+    from vllm_anchor.stats import STATS
+
+    cfg = AnchorConfig(theta=2.0, sink_tokens=8, local_tokens=8, group_size=64, pool_block=16, tail_tokens=8)
+    case = make_case([(40, 120)], 4, 2, 16, dtype=torch.float32, seed=11, strong_frac=0.2, strong_gain=1.6)
+    head_n, tail_n = 5, 7
+    gen = torch.Generator().manual_seed(12)
+    q = torch.cat([torch.randn(head_n, 4, 16, generator=gen), case.q, torch.randn(tail_n, 4, 16, generator=gen)])
+    seen = []
+
+    def stock(self, layer, query, key, value, kv_cache, md, output, *args):
+        seen.append((md, query.shape[0], query.data_ptr() - q.data_ptr(), output.data_ptr() - out.data_ptr()))
+        output[: {"head FA": head_n, "tail FA": tail_n}[md]] = 7.0
+        return output
+    monkeypatch.setattr(FlashAttentionImpl, "forward", stock)
+    plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, 4, 2, 16, "cpu")
+    anchor = AnchorPrefillMetadata(plan, case.block_table, head_n, head_n + 120, 160)
+    md = AnchorMetadata(fa="whole-batch FA", fa_head="head FA", anchor=anchor, fa_tail="tail FA")
+    impl = AnchorImpl(4, 16, case.scale, 2, None, None, "auto")
+    impl.settings = AnchorSettings(kernel=cfg, density_guard=1.0)
+    impl._guard = DensityGuard(threshold=1.0)
+    layer = type("Layer", (), {"layer_name": "model.layers.2.self_attn.attn"})()
+    STATS.auto_flush = False
+    try:
+        out = torch.full_like(q, float("nan"))
+        impl.forward(layer, q, None, None, case.kv_cache, md, out)
+    finally:
+        STATS.reset()
+        STATS.auto_flush = True
+    row = q[0].numel() * q.element_size()  # bytes per token
+    tail_at = (head_n + 120) * row
+    assert seen == [("head FA", q.shape[0], 0, 0), ("tail FA", tail_n, tail_at, tail_at)]
+    assert (out[:head_n] == 7.0).all() and (out[head_n + 120:] == 7.0).all()
+    k, v = case.seq_kv(0)
+    ref, _ = R.anchor_attention(case.q.float(), k, v, case.q_start(0), case.scale, cfg)
+    assert R.relative_error(out[head_n:head_n + 120], ref) < 1e-4
+
+
+def test_backend_plans_again_for_a_layer_of_another_head_shape(monkeypatch):
+    """A draft model's layers can share the target's KV-cache group (same KV heads and head size,
+    other query heads) and so the target's builder and plan: the layer gets a plan of its own
+    shape for the step, made once, and its output equals the reference."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from paged_case import make_case
+
+    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.kernels import reference as R
+    from vllm_anchor.stats import STATS
+
+    cfg = AnchorConfig(theta=2.0, sink_tokens=8, local_tokens=8, group_size=64, pool_block=16, tail_tokens=8)
+    case = make_case([(40, 120)], 2, 2, 16, dtype=torch.float32, seed=13, strong_frac=0.2, strong_gain=1.6)
+    target_plan = plan_anchor_prefill(case.query_start_loc, case.seq_lens, cfg, 4, 2, 16, "cpu")  # 4 q heads
+    anchor = AnchorPrefillMetadata(target_plan, case.block_table, 0, 120, 160, query_start_loc=case.query_start_loc,
+                                   seq_lens=torch.as_tensor(case.seq_lens), head_size=16)
+    md = AnchorMetadata(fa="whole-batch FA", fa_head=None, anchor=anchor)
+    impl = AnchorImpl(2, 16, case.scale, 2, None, None, "auto")  # the draft's layer: 2 q heads
+    impl.settings = AnchorSettings(kernel=cfg, density_guard=1.0)
+    impl._guard = DensityGuard(threshold=1.0)
+    layer = type("Layer", (), {"layer_name": "model.layers.0.self_attn.attn"})()
+    STATS.auto_flush = False
+    try:
+        for _ in range(2):
+            out = torch.full_like(case.q, float("nan"))
+            impl.forward(layer, case.q, None, None, case.kv_cache, md, out)
+            k, v = case.seq_kv(0)
+            ref, _ = R.anchor_attention(case.q.float(), k, v, case.q_start(0), case.scale, cfg)
+            assert R.relative_error(out, ref) < 1e-4
+    finally:
+        STATS.reset()
+        STATS.auto_flush = True
+    assert list(anchor.plans) == [(2, 2, 16)] and anchor.plans[(2, 2, 16)].num_heads == 2
+    assert anchor.plan_for(4, 2, 16) is target_plan
+
+
 def test_memory_profile_holds_the_anchor_workspace_until_the_first_real_step(monkeypatch):
     """In vLLM's memory-profiling forward attention gets no metadata, so the anchor path does not
     run; the backend holds the largest step's workspace there instead (once per process, not per
@@ -590,3 +692,80 @@ def test_builder_labels_the_anchor_batch_with_its_longest_context(monkeypatch):
     a = md.anchor
     assert (a.token_start, a.token_end) == (301, n)
     assert a.context_tokens == 40000 and context_bucket(a.context_tokens) == 31
+
+
+def _stub_builder(monkeypatch, threshold=1):
+    from types import SimpleNamespace
+
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionMetadataBuilder
+
+    from vllm_anchor.backend import AnchorMetadataBuilder
+    from vllm_anchor.settings import load_settings
+    monkeypatch.setattr(FlashAttentionMetadataBuilder, "build", lambda self, prefix, cm, fast=False:
+                        SimpleNamespace(requests=cm.num_reqs, tokens=cm.num_actual_tokens,
+                                        qsl=cm.query_start_loc_cpu.tolist(), scheduler_metadata=None))
+    b = AnchorMetadataBuilder.__new__(AnchorMetadataBuilder)
+    b.settings = load_settings({"anchor": {"min_seq_len": 24576}})
+    b._plans, b.reorder_batch_threshold = True, threshold
+    b.num_heads_q, b.num_heads_kv, b.head_size, b.device = 9, 3, 64, torch.device("cpu")
+    return b
+
+
+def test_builder_anchors_long_chunks_before_a_short_new_prompt(monkeypatch):
+    """vLLM orders a batch decodes, continuations, then first chunks, so a short new prompt
+    follows a long prompt's chunk: the long chunk still runs anchor, FlashAttention takes the
+    requests before it (fa_head) and the short prompt after it (fa_tail, tokens from 0)."""
+    b = _stub_builder(monkeypatch)
+    cm = _cm([1, 300, 4096, 2048, 500], [5000, 300, 40000, 30000, 500], [False, True, True, True, True], width=2500)
+    md = b.build(0, cm)
+    a = md.anchor
+    assert (a.token_start, a.token_end) == (301, 301 + 4096 + 2048)
+    assert md.fa.requests == 5 and md.fa_head.requests == 2
+    assert (md.fa_tail.requests, md.fa_tail.tokens, md.fa_tail.qsl) == (1, 500, [0, 500])
+    assert a.plan.num_tokens == 4096 + 2048 and a.seq_lens.tolist() == [40000, 30000]
+    assert a.query_start_loc.tolist() == [0, 4096, 6144] and a.context_tokens == 40000
+
+
+def test_builder_sends_speculative_decode_rows_to_flash_attention(monkeypatch):
+    """With speculative decoding a long conversation's decode has 1 + k query tokens and an
+    optimistic context length: it must not run the anchor kernels (is_prefilling says it is no
+    prefill), whatever the reorder threshold was."""
+    for threshold in (1, 3):
+        b = _stub_builder(monkeypatch, threshold)
+        spec_only = _cm([3, 3], [40002, 50002], [False, False], width=4000)
+        md = b.build(0, spec_only)
+        assert md.anchor is None and md.fa.requests == 2
+        mixed = _cm([3, 3, 8192], [40002, 50002, 40000], [False, False, True], width=4000)
+        md = b.build(0, mixed)
+        assert (md.anchor.token_start, md.anchor.token_end) == (6, 6 + 8192) and md.fa_head.requests == 2
+        assert md.fa_tail is None
+
+
+def test_builder_takes_spec_decode_rows_as_decodes():
+    """The reorder threshold grows with the draft length, so vLLM puts speculative decodes with
+    the decodes (and FA3's uniform-batch CUDA graphs take them)."""
+    from types import SimpleNamespace
+
+    from vllm_anchor.backend import AnchorMetadataBuilder
+    b = AnchorMetadataBuilder.__new__(AnchorMetadataBuilder)
+    spec = SimpleNamespace(num_speculative_tokens=3, parallel_drafting=False)
+    b.vllm_config = SimpleNamespace(speculative_config=spec,
+                                    parallel_config=SimpleNamespace(decode_context_parallel_size=1))
+    b._init_reorder_batch_threshold(1, supports_spec_as_decode=True)
+    assert b.reorder_batch_threshold == 4
+    import inspect
+    assert "supports_spec_as_decode=True" in inspect.getsource(AnchorMetadataBuilder.__init__)
+
+
+def test_layers_vllm_rewrites_batches_for_are_never_planned():
+    """Chunked-local (Llama 4), cross and encoder-only attention get batches that vLLM rewrote
+    (virtual per-chunk requests with their own block table): planning them as causal prefills
+    over the whole context would read wrong pages, so their builder plans nothing."""
+    from vllm.v1.kv_cache_interface import ChunkedLocalAttentionSpec, FullAttentionSpec, SlidingWindowSpec
+
+    from vllm_anchor.backend import unplanned_spec
+    common = dict(block_size=16, num_kv_heads=8, head_size=128, dtype=torch.bfloat16)
+    assert unplanned_spec(FullAttentionSpec(**common)) == ""
+    assert "ChunkedLocalAttentionSpec" in unplanned_spec(ChunkedLocalAttentionSpec(**common, attention_chunk_size=8192))
+    assert "sliding window" in unplanned_spec(SlidingWindowSpec(**common, sliding_window=4096))
+    assert "sliding window" in unplanned_spec(FullAttentionSpec(**common, sliding_window=4096))

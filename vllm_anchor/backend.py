@@ -5,8 +5,9 @@ cache writes, decode batches captured as full CUDA graphs running stock FA3. A p
 whose context reaches ``min_seq_len`` runs the anchor kernels on its current chunk against all
 of its cached tokens (prefix-cache hits and earlier chunks included)::
 
-    batch (reordered):  | decodes | short prefills |  long prefills (anchor)  |
-    tokens:             0 ........................ n_head ............... num_actual_tokens
+    batch (reordered):  | decodes | short prefills | long prefills (anchor) | short prefills |
+    tokens:             0 ....................... token_start .......... token_end ..... num_actual_tokens
+                        |<------ FA (fa_head) ------>|<- anchor kernels ->|<- FA (fa_tail) ->|
     per anchor request:    context_len = seq_len - query_len (already in the cache)
                            |<------- context ------->|<-- query chunk -->|
                            0                     context_len          seq_len
@@ -32,7 +33,7 @@ from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, density_parts, run_
                                      run_stripe_step, shared_workspace, step_workspace_nbytes)
 
 from .engine_profile import on_build as profile_step
-from .routing import DeferredDensity, DensityGuard, context_bucket, first_anchor_request, slice_requests
+from .routing import DeferredDensity, DensityGuard, anchor_run, context_bucket, slice_requests
 from .settings import AnchorSettings, load_settings
 from .stats import STATS
 
@@ -47,17 +48,38 @@ class AnchorPrefillMetadata:
     token_end: int
     context_tokens: int = 0  # the longest anchored request's context after this chunk (the guard's key)
     workspaces: dict = field(default_factory=dict)  # per layer shape, shared by the step's layers
+    # what plan_for needs to plan another head shape: the anchored requests' query_start_loc
+    # (from 0) and context lengths on the host, and the head size ``plan`` was made for
+    query_start_loc: torch.Tensor | None = None
+    seq_lens: torch.Tensor | None = None
+    head_size: int | None = None
+    plans: dict = field(default_factory=dict)  # (heads, kv heads, head size) -> plan, besides ``plan``
 
     def workspace(self, call: _Call) -> AnchorWorkspace:
         """The step's workspace for this layer shape (``kernels.api.shared_workspace``)."""
         return shared_workspace(self.workspaces, call)
 
+    def plan_for(self, num_heads: int, num_kv_heads: int, head_size: int) -> AnchorPlan:
+        """The step's plan for layers of this head shape. The builder plans for the model's own
+        shape; a layer of another shape in the same KV-cache group (a draft model's, whose
+        builder vLLM makes from the target's config) gets its own plan, made once per step."""
+        key = (num_heads, num_kv_heads, head_size)
+        if key == (self.plan.num_heads, self.plan.num_kv_heads, self.head_size or head_size):
+            return self.plan
+        if key not in self.plans:
+            if self.query_start_loc is None:
+                raise ValueError(f"no plan for {key} heads and nothing to make one from")
+            self.plans[key] = plan_anchor_prefill(self.query_start_loc, self.seq_lens, self.plan.cfg, num_heads,
+                                                  num_kv_heads, head_size, self.plan.tiles.device)
+        return self.plans[key]
+
 
 @dataclass
 class AnchorMetadata:
     fa: FlashAttentionMetadata  # the whole batch, exactly what FLASH_ATTN would use
-    fa_head: FlashAttentionMetadata | None  # requests before the anchor tail (None: none)
+    fa_head: FlashAttentionMetadata | None  # requests before the anchored ones (None: none)
     anchor: AnchorPrefillMetadata | None  # None: no long prefill in this batch
+    fa_tail: FlashAttentionMetadata | None = None  # requests after them, from token anchor.token_end
 
     @property
     def num_actual_tokens(self) -> int:
@@ -68,6 +90,25 @@ def _settings(vllm_config) -> AnchorSettings:
     return load_settings(getattr(vllm_config, "additional_config", None) or {})
 
 
+def unplanned_spec(kv_cache_spec) -> str:
+    """Why layers of this KV-cache spec never run the anchor path ('' when they may).
+
+    vLLM wraps this builder for chunked-local attention (Llama 4), cross and encoder-only
+    attention, and hands it batches rewritten for those (virtual per-chunk requests with their
+    own block table): planning those as causal prefills over the whole context would read the
+    wrong pages. Sliding-window layers (also FullAttentionSpec with a window, when the hybrid
+    allocator is off) are stock FA in AnchorImpl too; R-SWA limits generated tokens to a window.
+    """
+    from vllm.v1 import kv_cache_interface as kvi
+    for name in ("ChunkedLocalAttentionSpec", "CrossAttentionSpec", "EncoderOnlyAttentionSpec", "RSWASpec"):
+        cls = getattr(kvi, name, None)
+        if cls is not None and isinstance(kv_cache_spec, cls):
+            return f"KV-cache spec {name}"
+    if getattr(kv_cache_spec, "sliding_window", None) is not None:
+        return f"sliding window {kv_cache_spec.sliding_window}"
+    return ""
+
+
 class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
     # Decode-only batches replay full graphs (stock FA); prefills run eagerly.
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_BATCH
@@ -76,13 +117,17 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        self._init_reorder_batch_threshold(1)
+        # With speculative decoding a decode row has 1 + k query tokens: counted (and ordered
+        # first) as a decode, not as a chunk of a prompt (is_prefilling checks it again).
+        self._init_reorder_batch_threshold(1, supports_spec_as_decode=True)
         self.settings = _settings(vllm_config)
         self.head_size = kv_cache_spec.head_size
         self.num_heads_kv = kv_cache_spec.num_kv_heads
         self.num_heads_q = vllm_config.model_config.get_num_attention_heads(vllm_config.parallel_config)
-        # Sliding-window layer groups run stock FA in every layer (see AnchorImpl): plan nothing.
-        self._plans = self.settings.enabled and getattr(kv_cache_spec, "sliding_window", None) is None
+        unplanned = unplanned_spec(kv_cache_spec)
+        if unplanned and self.settings.enabled:
+            logger.info("vllm-anchor: layers with %s run stock FlashAttention", unplanned)
+        self._plans = self.settings.enabled and not unplanned
 
     @classmethod
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
@@ -95,42 +140,49 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
               fast_build: bool = False) -> AnchorMetadata:
         cm = common_attn_metadata
         profile_step(self, cm.num_actual_tokens)  # no-op unless VLLM_ANCHOR_PROFILE_DIR is set
-        k = self._first_anchor_request(cm)
-        if k == cm.num_reqs:  # nothing long: exactly what FLASH_ATTN builds
+        k, e = self._anchor_run(cm)
+        if k == e:  # nothing long: exactly what FLASH_ATTN builds
             return AnchorMetadata(super().build(common_prefix_len, cm, fast_build), None, None)
-        fa_head = None
-        if k > 0:
-            fa_head = super().build(0, slice_requests(cm, 0, k), fast_build)
-            # FA3 keeps its AOT schedule in one persistent buffer (for full CUDA graphs) that the
-            # next build overwrites; this eager-only metadata keeps its own copy.
-            if fa_head.scheduler_metadata is not None:
-                fa_head.scheduler_metadata = fa_head.scheduler_metadata.clone()
+        fa_head = self._fa_slice(cm, 0, k, fast_build) if k > 0 else None
+        fa_tail = self._fa_slice(cm, e, cm.num_reqs, fast_build) if e < cm.num_reqs else None
         fa = super().build(0, cm, fast_build)  # whole batch: density-guard fallback, off layers
         qsl = cm.query_start_loc_cpu[: cm.num_reqs + 1]
-        start, end = int(qsl[k]), int(qsl[cm.num_reqs])
-        plan = plan_anchor_prefill(qsl[k:] - start, cm.seq_lens_cpu_upper_bound[k:cm.num_reqs],
-                                   self.settings.kernel, self.num_heads_q, self.num_heads_kv,
-                                   self.head_size, self.device)
-        anchor = AnchorPrefillMetadata(plan=plan, block_table=cm.block_table_tensor[k:cm.num_reqs],
-                                       token_start=start, token_end=end,
-                                       context_tokens=int(cm.seq_lens_cpu_upper_bound[k:cm.num_reqs].max()))
-        return AnchorMetadata(fa, fa_head, anchor)
+        start, end = int(qsl[k]), int(qsl[e])
+        anchor_qsl, anchor_seq = qsl[k:e + 1] - start, cm.seq_lens_cpu_upper_bound[k:e]
+        plan = plan_anchor_prefill(anchor_qsl, anchor_seq, self.settings.kernel, self.num_heads_q,
+                                   self.num_heads_kv, self.head_size, self.device)
+        anchor = AnchorPrefillMetadata(plan=plan, block_table=cm.block_table_tensor[k:e],
+                                       token_start=start, token_end=end, context_tokens=int(anchor_seq.max()),
+                                       query_start_loc=anchor_qsl, seq_lens=anchor_seq, head_size=self.head_size)
+        return AnchorMetadata(fa, fa_head, anchor, fa_tail)
 
-    def _first_anchor_request(self, cm: CommonAttentionMetadata) -> int:
-        """First request of the long-prefill tail that runs anchor (``num_reqs``: none)."""
+    def _fa_slice(self, cm: CommonAttentionMetadata, start: int, end: int, fast_build: bool):
+        """FlashAttention's metadata for requests ``[start, end)``, whose tokens start at 0."""
+        md = super().build(0, slice_requests(cm, start, end), fast_build)
+        # FA3 keeps its AOT schedule in one persistent buffer (for full CUDA graphs) that the
+        # next build overwrites; this eager-only metadata keeps its own copy.
+        if getattr(md, "scheduler_metadata", None) is not None:
+            md.scheduler_metadata = md.scheduler_metadata.clone()
+        return md
+
+    def _anchor_run(self, cm: CommonAttentionMetadata) -> tuple[int, int]:
+        """Requests ``[start, end)`` that run anchor (``start == end``: none; see
+        :func:`routing.anchor_run`)."""
+        none = (cm.num_reqs, cm.num_reqs)
         if not self._plans:
-            return cm.num_reqs
+            return none
         if cm.seq_lens_cpu_upper_bound is None:
-            logger.warning("vllm-anchor: the model runner gave no host sequence lengths; "
-                           "this step runs stock FlashAttention")
-            return cm.num_reqs
+            if not getattr(self, "_warned_no_lengths", False):  # once, not every step
+                self._warned_no_lengths = True
+                logger.warning("vllm-anchor: the model runner gave no host sequence lengths; "
+                               "such steps run stock FlashAttention")
+            return none
         num_decodes, num_prefills, _, _ = split_decodes_and_prefills(
             cm, decode_threshold=self.reorder_batch_threshold)
         if num_prefills == 0:
-            return cm.num_reqs
-        return first_anchor_request(cm.query_start_loc_cpu[: cm.num_reqs + 1],
-                                    cm.seq_lens_cpu_upper_bound[: cm.num_reqs], num_decodes,
-                                    self.settings.min_seq_len)
+            return none
+        return anchor_run(cm.query_start_loc_cpu[: cm.num_reqs + 1], cm.seq_lens_cpu_upper_bound[: cm.num_reqs],
+                          num_decodes, self.settings.min_seq_len, cm.is_prefilling)
 
 
 class AnchorImpl(FlashAttentionImpl):
@@ -272,14 +324,19 @@ class AnchorImpl(FlashAttentionImpl):
             STATS.record(name, None, fallback=True)
             return super().forward(layer, query, key, value, kv_cache, md.fa, output)
         rows = slice(a.token_start, a.token_end)
-        call = _Call(query[rows], kv_cache, a.block_table, a.plan, self.scale)
+        plan = a.plan_for(self.num_heads, self.num_kv_heads, self.head_size)
+        call = _Call(query[rows], kv_cache, a.block_table, plan, self.scale)
         ws = a.workspace(call)
         run_anchor_step(call, ws)
         run_stripe_step(call, ws)
-        if self._measure_and_record(name, a.plan, ws, bucket):
+        if self._measure_and_record(name, plan, ws, bucket):
             return super().forward(layer, query, key, value, kv_cache, md.fa, output)
         if md.fa_head is not None:
             super().forward(layer, query, key, value, kv_cache, md.fa_head, output)
+        if md.fa_tail is not None:
+            t = a.token_end
+            super().forward(layer, query[t:], None if key is None else key[t:], None if value is None else value[t:],
+                            kv_cache, md.fa_tail, output[t:])
         run_sparse_step(call, ws, output[rows])
         return output
 

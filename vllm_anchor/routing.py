@@ -7,46 +7,77 @@ from dataclasses import replace
 import torch
 
 
-def first_anchor_request(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor,
-                         num_decodes: int, min_seq_len: int) -> int:
-    """Index ``k`` such that requests ``[k, R)`` all run anchor; ``R`` when none does.
+def anchor_run(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor, num_decodes: int,
+               min_seq_len: int, is_prefilling: torch.Tensor | None = None) -> tuple[int, int]:
+    """Requests ``[start, end)`` that run anchor: ``(R, R)`` when none does.
 
-    The batch is ordered decodes first, then prefills (vLLM reorders it for builders with a
-    ``reorder_batch_threshold``; V2 sorts prefills by chunk length). A request qualifies when
-    it is a prefill (query length > 1) whose context after this chunk reaches ``min_seq_len``.
-    Only a qualifying *tail* is taken, so FlashAttention and the anchor kernels each see one
-    contiguous slice; a qualifying request followed by a short one simply runs dense.
+    A request qualifies when it is a prefill (query length > 1, and still in its prompt where
+    the model runner says so: a speculative-decoding step of a long conversation also has
+    several query tokens, and is a decode) whose context after this chunk reaches
+    ``min_seq_len``. The anchor kernels take one contiguous slice of the batch, and
+    FlashAttention the requests before and after it, so the run taken is the contiguous run of
+    qualifying requests with the most query tokens (the first of equal ones); a qualifying
+    request outside it runs dense. vLLM orders a batch decodes, then chunked-prefill
+    continuations, then first chunks (V2: prefills by chunk length), so a short new prompt
+    often follows the long chunks: taking only a qualifying tail ran those dense.
     """
     num_reqs = seq_lens_cpu.shape[0]
     q_lens = (query_start_loc_cpu[1:num_reqs + 1] - query_start_loc_cpu[:num_reqs]).tolist()
     seq_lens = seq_lens_cpu.tolist()
-    k = num_reqs
-    while k > num_decodes and q_lens[k - 1] > 1 and seq_lens[k - 1] >= min_seq_len:
-        k -= 1
-    return k
+    prefilling = is_prefilling[:num_reqs].tolist() if is_prefilling is not None else [True] * num_reqs
+    best, best_tokens = (num_reqs, num_reqs), 0
+    i = num_decodes
+    while i < num_reqs:
+        if not (q_lens[i] > 1 and seq_lens[i] >= min_seq_len and prefilling[i]):
+            i += 1
+            continue
+        j = i
+        while j < num_reqs and q_lens[j] > 1 and seq_lens[j] >= min_seq_len and prefilling[j]:
+            j += 1
+        tokens = sum(q_lens[i:j])
+        if tokens > best_tokens:
+            best, best_tokens = (i, j), tokens
+        i = j
+    return best
 
 
 def slice_requests(cm, start: int, end: int):
-    """``CommonAttentionMetadata`` of requests ``[start, end)`` (``start`` must be 0)."""
-    if start != 0:
-        raise ValueError("only a head slice [0, end) keeps the token offsets valid")
-    qsl_cpu = cm.query_start_loc_cpu[: end + 1]
-    n_tok = int(qsl_cpu[-1])
+    """``CommonAttentionMetadata`` of requests ``[start, end)``, rebased so that their first
+    query token is token 0 (pass the matching slice of the query and output to attention).
+    Per-request and per-token fields are sliced; cached derivations of the whole batch are
+    dropped (their getters rebuild them)."""
+    if not 0 <= start <= end <= cm.num_reqs:
+        raise ValueError(f"request slice [{start}, {end}) is not inside a batch of {cm.num_reqs}")
+    qsl_cpu = cm.query_start_loc_cpu[start: end + 1]
+    qsl = cm.query_start_loc[start: end + 1]
+    t0, t1 = int(qsl_cpu[0]), int(qsl_cpu[-1])
+    if t0:
+        qsl_cpu, qsl = qsl_cpu - t0, qsl - qsl[0]
     q_lens = qsl_cpu[1:] - qsl_cpu[:-1]
     upper = cm.seq_lens_cpu_upper_bound
+    n = end - start
+
     fields = dict(
-        query_start_loc=cm.query_start_loc[: end + 1], query_start_loc_cpu=qsl_cpu,
-        seq_lens=cm.seq_lens[:end], num_reqs=end, num_actual_tokens=n_tok,
-        max_query_len=int(q_lens.max()) if end else 0,
-        max_seq_len=int(upper[:end].max()) if upper is not None and end else cm.max_seq_len,
-        block_table_tensor=cm.block_table_tensor[:end], slot_mapping=cm.slot_mapping[:n_tok],
+        query_start_loc=qsl, query_start_loc_cpu=qsl_cpu,
+        seq_lens=cm.seq_lens[start:end], num_reqs=n, num_actual_tokens=t1 - t0,
+        max_query_len=int(q_lens.max()) if n else 0,
+        max_seq_len=int(upper[start:end].max()) if upper is not None and n else cm.max_seq_len,
+        block_table_tensor=cm.block_table_tensor[start:end], slot_mapping=cm.slot_mapping[t0:t1],
+        _seq_lens_cpu=None, _num_computed_tokens_cpu=None, _num_computed_tokens_cache=None,
+        _token_to_req_indices_cache=None,
     )
-    if upper is not None:
-        fields["seq_lens_cpu_upper_bound"] = upper[:end]
-    if cm.is_prefilling is not None:
-        fields["is_prefilling"] = cm.is_prefilling[:end]
+    for name in ("seq_lens_cpu_upper_bound", "is_prefilling", "encoder_seq_lens", "encoder_seq_lens_cpu",
+                 "dcp_local_seq_lens", "dcp_local_seq_lens_cpu", "rswa_prefix_lens"):
+        value = getattr(cm, name, None)
+        if value is not None:
+            fields[name] = value[start:end]
+    if isinstance(cm.causal, torch.Tensor):
+        fields["causal"] = cm.causal[start:end]
     if cm.positions is not None:
-        fields["positions"] = cm.positions[:n_tok]
+        fields["positions"] = cm.positions[t0:t1]
+    ranges = getattr(cm, "mm_req_doc_ranges", None)
+    if ranges:
+        fields["mm_req_doc_ranges"] = {i - start: r for i, r in ranges.items() if start <= i < end} or None
     return replace(cm, **fields)
 
 
