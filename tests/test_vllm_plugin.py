@@ -224,27 +224,40 @@ def test_guard_threshold_one_never_falls_back():
     assert not g.dense_after_measuring(1.0) and not g.skip_measurement()
 
 
-def test_metrics_collector_sums_worker_files(tmp_path, monkeypatch):
+def test_metrics_collector_sums_engines_and_labels_tensor_parallel_ranks(tmp_path, monkeypatch):
+    """Two engines' workers of one rank (data parallel: other requests) add up; a second
+    tensor-parallel rank ran the same calls on other heads and is a series of its own."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from vllm_anchor.metrics import AnchorCollector
+    from vllm_anchor import stats as stats_mod
+    from vllm_anchor.metrics import AnchorCollector, read_stats
     from vllm_anchor.stats import STATS_DIR_ENV, AnchorStats
     monkeypatch.setenv(STATS_DIR_ENV, str(tmp_path))
-    a, b = AnchorStats(auto_flush=False), AnchorStats(auto_flush=False)
-    a.record("model.layers.0.self_attn.attn", 0.2, fallback=False)
-    a.record("model.layers.0.self_attn.attn", None, fallback=True)
+    name, pid = "model.layers.0.self_attn.attn", __import__("os").getpid()
+    a, b, c = (AnchorStats(auto_flush=False) for _ in range(3))
+    a.record(name, 0.2, fallback=False)
+    a.record(name, None, fallback=True)
     a.flush()
-    # a second worker (another TP rank) writes its own file
-    monkeypatch.setattr("os.getpid", lambda: 999999)
-    b.record("model.layers.0.self_attn.attn", 0.4, fallback=True)
+    monkeypatch.setattr("os.getpid", lambda: 999999)  # another engine's worker, rank 0 too
+    b.record(name, 0.4, fallback=True)
     b.flush()
+    monkeypatch.setattr("os.getpid", lambda: 999998)  # tensor-parallel rank 1 of the first engine
+    monkeypatch.setattr(stats_mod, "tensor_parallel_rank", lambda: 1)
+    c.record(name, 0.6, fallback=False)
+    c.record(name, None, fallback=False)
+    c.flush()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"worker-{pid}-tp0.json", "worker-999998-tp1.json", "worker-999999-tp0.json"]
     reg = CollectorRegistry()
     reg.register(AnchorCollector(str(tmp_path)))
     text = generate_latest(reg).decode()
-    layer = 'layer="model.layers.0.self_attn.attn"'
-    assert f"vllm_anchor_prefill_layer_calls_total{{{layer}}} 3.0" in text
-    assert f"vllm_anchor_density_fallbacks_total{{{layer}}} 2.0" in text
-    assert f"vllm_anchor_stripe_density{{{layer}}} 0.3" in text  # mean of the two measured
+    r0, r1 = f'layer="{name}",tp_rank="0"', f'layer="{name}",tp_rank="1"'
+    assert f"vllm_anchor_prefill_layer_calls_total{{{r0}}} 3.0" in text
+    assert f"vllm_anchor_density_fallbacks_total{{{r0}}} 2.0" in text
+    assert f"vllm_anchor_stripe_density{{{r0}}} 0.3" in text  # mean of the two measured
+    assert f"vllm_anchor_prefill_layer_calls_total{{{r1}}} 2.0" in text
+    assert f"vllm_anchor_stripe_density{{{r1}}} 0.6" in text
+    assert read_stats(str(tmp_path))[name]["calls"] == 5  # the plain per-layer sum (bench summaries)
 
 
 def test_plugin_sets_up_stats_dir_once(monkeypatch):
@@ -285,8 +298,8 @@ def test_metrics_appear_on_vllms_own_metrics_route(tmp_path, monkeypatch):
         app = FastAPI()
         attach_router(app)
         body = TestClient(app).get("/metrics").text
-        assert 'vllm_anchor_prefill_layer_calls_total{layer="model.layers.5.self_attn.attn"} 1.0' in body
-        assert 'vllm_anchor_stripe_density{layer="model.layers.5.self_attn.attn"} 0.12' in body
+        assert 'vllm_anchor_prefill_layer_calls_total{layer="model.layers.5.self_attn.attn",tp_rank="0"} 1.0' in body
+        assert 'vllm_anchor_stripe_density{layer="model.layers.5.self_attn.attn",tp_rank="0"} 0.12' in body
     finally:
         REGISTRY.unregister(collector)
         for c in earlier:
@@ -308,7 +321,7 @@ def test_collector_registered_when_user_sets_stats_dir(tmp_path, monkeypatch):
     stats.record("model.layers.3.self_attn.attn", density=0.2, fallback=False)
     stats.flush()
     text = generate_latest(REGISTRY).decode()
-    assert 'vllm_anchor_prefill_layer_calls_total{layer="model.layers.3.self_attn.attn"} 1.0' in text
+    assert 'vllm_anchor_prefill_layer_calls_total{layer="model.layers.3.self_attn.attn",tp_rank="0"} 1.0' in text
 
 
 def test_backend_logs_through_vllms_handler(monkeypatch):
@@ -346,7 +359,7 @@ def test_stats_flush_on_their_own_after_the_last_update(tmp_path, monkeypatch):
     time.sleep(0.05)
     for _ in range(3):  # within the interval: the same flush takes them all
         s.record("model.layers.1.self_attn.attn", None, fallback=True)
-    path = tmp_path / f"worker-{__import__('os').getpid()}.json"
+    path = tmp_path / f"worker-{__import__('os').getpid()}-tp0.json"
     # nothing written inside the calls that made the updates (the first anchored layer of a
     # prefill must not pay for the write)
     assert not path.exists()

@@ -76,11 +76,13 @@ class AnchorStats:
             return {k: dict(vars(v)) for k, v in self.layers.items()}
 
     def flush(self) -> None:
-        """Write this process's snapshot for the API server's collector (no-op without a dir)."""
+        """Write this process's snapshot for the API server's collector (no-op without a dir).
+        The file name carries the tensor-parallel rank: every rank runs every layer call on its
+        own heads, so the collector labels the ranks apart instead of adding them up."""
         folder = os.environ.get(STATS_DIR_ENV)
         if not folder or not os.path.isdir(folder):
             return
-        path = os.path.join(folder, f"worker-{os.getpid()}.json")
+        path = os.path.join(folder, f"worker-{os.getpid()}-tp{tensor_parallel_rank()}.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.snapshot(), f)
@@ -89,6 +91,15 @@ class AnchorStats:
     def reset(self) -> None:
         with self._lock:
             self.layers.clear()
+
+
+def tensor_parallel_rank() -> int:
+    """This worker's tensor-parallel rank (0 outside a vLLM worker, or before it is set up)."""
+    try:
+        from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+        return int(get_tensor_model_parallel_rank())
+    except Exception:  # no vLLM, or its groups are not initialized in this process
+        return 0
 
 
 STATS = AnchorStats()
