@@ -610,6 +610,33 @@ def test_backend_plans_again_for_a_layer_of_another_head_shape(monkeypatch):
     assert anchor.plan_for(4, 2, 16) is target_plan
 
 
+def test_backend_runs_stock_attention_when_the_anchor_path_fails(monkeypatch, caplog):
+    """An error inside the anchor path (here: a layer shape nobody planned, and nothing to plan it
+    from) must not fail the request: the layer runs stock attention on the whole batch and logs it."""
+    import logging
+
+    case, cfg, impl, plan, stock_calls = _guarded_impl(monkeypatch, seed=7)
+    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.stats import STATS
+    impl = AnchorImpl(2, 16, case.scale, 2, None, None, "auto")  # 2 q heads; the plan has 4
+    impl.settings = AnchorSettings(kernel=cfg, density_guard=1.0)
+    layer = type("Layer", (), {"layer_name": "model.layers.4.self_attn.attn"})()
+    md = AnchorMetadata(fa="whole-batch FA", fa_head=None,
+                        anchor=AnchorPrefillMetadata(plan, case.block_table, 0, case.q.shape[0], 160))
+    q = case.q[:, :2].contiguous()
+    try:
+        with caplog.at_level(logging.WARNING, logger="vllm_anchor"):
+            for _ in range(2):
+                out = torch.full_like(q, float("nan"))
+                impl.forward(layer, q, None, None, case.kv_cache, md, out)
+                assert (out == 7.0).all()
+    finally:
+        STATS.reset()
+        STATS.auto_flush = True
+    assert stock_calls == ["whole-batch FA", "whole-batch FA"] and impl._failures == 2
+    assert len([r for r in caplog.records if "anchor path failed" in r.getMessage()]) == 1  # once, not per call
+
+
 def test_memory_profile_holds_the_anchor_workspace_until_the_first_real_step(monkeypatch):
     """In vLLM's memory-profiling forward attention gets no metadata, so the anchor path does not
     run; the backend holds the largest step's workspace there instead (once per process, not per

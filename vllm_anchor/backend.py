@@ -219,6 +219,7 @@ class AnchorImpl(FlashAttentionImpl):
         self._density = DeferredDensity()
         self._density_key = None  # the guard key of the call whose density is in flight
         self._sync_density = False
+        self._failures = 0  # anchor-path calls that raised and ran stock attention instead
         cfg = get_current_vllm_config_or_none()
         sched, model = getattr(cfg, "scheduler_config", None), getattr(cfg, "model_config", None)
         self._max_tokens = getattr(sched, "max_num_batched_tokens", None)
@@ -323,6 +324,18 @@ class AnchorImpl(FlashAttentionImpl):
         if self._guard.skip_measurement(bucket):  # too dense lately at this context: stock FA, no waste
             STATS.record(name, None, fallback=True)
             return super().forward(layer, query, key, value, kv_cache, md.fa, output)
+        try:
+            return self._forward_anchor(layer, query, key, value, kv_cache, md, output, name, bucket)
+        except (ValueError, RuntimeError) as e:  # RuntimeError includes torch.OutOfMemoryError
+            # never fail a request over the sparse path: stock attention recomputes every row
+            self._failures += 1
+            if self._failures == 1 or self._failures % 1000 == 0:
+                logger.warning("vllm-anchor: layer %s ran stock FlashAttention after the anchor path failed "
+                               "(%d times so far): %r", name, self._failures, e)
+            return super().forward(layer, query, key, value, kv_cache, md.fa, output)
+
+    def _forward_anchor(self, layer, query, key, value, kv_cache, md, output, name, bucket):
+        a = md.anchor
         rows = slice(a.token_start, a.token_end)
         plan = a.plan_for(self.num_heads, self.num_kv_heads, self.head_size)
         call = _Call(query[rows], kv_cache, a.block_table, plan, self.scale)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU job (one H100, one call, about 8 min): the backend's step routing of d0a0dbd on real vLLM,
-# which so far ran only in CPU tests.
+# GPU job (one H100, one call, about 8 min): the backend's step routing of d0a0dbd (and the fallback
+# to stock attention when the anchor path raises, 4bad56d+) on real vLLM, so far only CPU-tested.
 #   1. the GPU suite (the shared workspace is now keyed by plan too);
 #   2. a mixed batch (bench/mixed_exact.py): one 30000-token prompt and four short new prompts
 #      sent together, so vLLM schedules them in one step with the short ones after the long one;
@@ -46,5 +46,8 @@ cat $R/spec_decode.txt | tail -3
 anchor_metrics 8003 $R/metrics_8003.txt
 curl -s http://127.0.0.1:8003/metrics | grep -E "^vllm:spec_decode_num_(accepted|draft)_tokens_total" | tee $R/spec_counters.txt
 lap "spec decode"
+# the backend falls back to stock attention (and logs it) if the anchor path raises: that must
+# not have happened, or the exactness above proves nothing about the split
+echo "anchor-path failures logged: $(cat $R/server_800[13].log | grep -c 'anchor path failed')"
 stop_servers $P1 $P2 $P3
 date
