@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU job (one H100, one call, about 8 min): the backend's step routing of d0a0dbd (and the fallback
-# to stock attention when the anchor path raises, 4bad56d+) on real vLLM, so far only CPU-tested.
+# to stock attention when the anchor path raises, 2b1dc4b) on real vLLM, so far only CPU-tested.
 #   1. the GPU suite (the shared workspace is now keyed by plan too);
 #   2. a mixed batch (bench/mixed_exact.py): one 30000-token prompt and four short new prompts
 #      sent together, so vLLM schedules them in one step with the short ones after the long one;
