@@ -167,7 +167,12 @@ def test_slice_requests_rebases_any_run_of_requests():
     assert tail.block_table_tensor.tolist() == cm.block_table_tensor[3:].tolist()
     assert tail.seq_lens.tolist() == [20000, 50] and tail.seq_lens_cpu_upper_bound.tolist() == [20000, 50]
     assert tail.max_seq_len == 20000 and tail.is_prefilling.tolist() == [True, True]
-    assert tail.compute_num_computed_tokens().tolist() == [20000 - 4096, 0]  # no cache of the whole batch
+    assert tail.compute_num_computed_tokens().tolist() == [20000 - 4096, 0]
+    cm.compute_num_computed_tokens()  # cached for the whole batch: a slice must take its own part
+    cm._token_to_req_indices_cache = torch.zeros(cm.num_actual_tokens, dtype=torch.int32)  # as a build leaves it
+    tail = slice_requests(cm, 3, 5)
+    assert tail.compute_num_computed_tokens().tolist() == [20000 - 4096, 0]
+    assert tail._token_to_req_indices_cache is None  # the whole batch's: rebuilt for the slice
     with pytest.raises(ValueError):
         slice_requests(cm, 3, 6)
 

@@ -44,8 +44,8 @@ def anchor_run(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor, nu
 def slice_requests(cm, start: int, end: int):
     """``CommonAttentionMetadata`` of requests ``[start, end)``, rebased so that their first
     query token is token 0 (pass the matching slice of the query and output to attention).
-    Per-request and per-token fields are sliced; cached derivations of the whole batch are
-    dropped (their getters rebuild them)."""
+    Per-request and per-token fields are sliced (host copies too, so no getter has to read the
+    device again); the per-token request indices of the whole batch are dropped."""
     if not 0 <= start <= end <= cm.num_reqs:
         raise ValueError(f"request slice [{start}, {end}) is not inside a batch of {cm.num_reqs}")
     qsl_cpu = cm.query_start_loc_cpu[start: end + 1]
@@ -63,11 +63,11 @@ def slice_requests(cm, start: int, end: int):
         max_query_len=int(q_lens.max()) if n else 0,
         max_seq_len=int(upper[start:end].max()) if upper is not None and n else cm.max_seq_len,
         block_table_tensor=cm.block_table_tensor[start:end], slot_mapping=cm.slot_mapping[t0:t1],
-        _seq_lens_cpu=None, _num_computed_tokens_cpu=None, _num_computed_tokens_cache=None,
-        _token_to_req_indices_cache=None,
+        _token_to_req_indices_cache=None,  # request indices of the whole batch: rebuilt on demand
     )
     for name in ("seq_lens_cpu_upper_bound", "is_prefilling", "encoder_seq_lens", "encoder_seq_lens_cpu",
-                 "dcp_local_seq_lens", "dcp_local_seq_lens_cpu", "rswa_prefix_lens"):
+                 "dcp_local_seq_lens", "dcp_local_seq_lens_cpu", "rswa_prefix_lens",
+                 "_seq_lens_cpu", "_num_computed_tokens_cpu", "_num_computed_tokens_cache"):
         value = getattr(cm, name, None)
         if value is not None:
             fields[name] = value[start:end]
