@@ -91,3 +91,41 @@ def test_packed_tables_come_back_whole_from_16_byte_boundaries():
         assert back[k].dtype == t.dtype and back[k].shape == t.shape and torch.equal(back[k], t), k
     on_cpu = upload(tables, "cpu")
     assert all(torch.equal(on_cpu[k], t) for k, t in tables.items())
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_every_causal_key_is_attended_or_a_candidate_exactly_once(seed):
+    """Independent of both planners' code: for every query row, the anchor region the kernels
+    attend (sinks, and the local window up to the query) and the candidate segments of the
+    row's item (sparse tiles name it) cover the causal keys ``[0, pos]`` once each, with no
+    candidate past the query; each item's list range fits the capacity and no two overlap.
+    The spec's point against the published code (overlaps and a dropped block)."""
+    from vllm_anchor.kernels.plan import ITEM_CAND_END, ITEM_LIST_OFF
+    rng = random.Random(1000 + seed)
+    group = rng.choice([32, 64, 256])
+    pool = rng.choice([16, 32])
+    cfg = AnchorConfig(group_size=group, pool_block=pool, sink_tokens=rng.choice([0, 1, 16, group, 3 * group + 5]),
+                       local_tokens=rng.choice([0, 1, group - 1, group, 2 * group]),
+                       tail_tokens=rng.choice([0, 1, 5, pool + 3, group]), share_gqa=rng.random() < 0.7)
+    qsl, sls = _random_batch(rng, group)
+    plan = plan_anchor_prefill(qsl, sls, cfg, 8, 2, 16, "cpu", segment_tokens=rng.choice([16, 48, 4096]))
+    items, segs = plan.items_cpu.tolist(), plan.segments.tolist()
+    spans = {}
+    for item, lo, hi, _off in segs:
+        spans.setdefault(item, []).append((lo, hi))
+    for seq, row0, pos0, n, item, _pool in plan.sparse_tiles.tolist():
+        for pos in range(pos0, pos0 + n):
+            g = pos // cfg.group_size
+            local_lo = max(cfg.sink_tokens, g * cfg.group_size - cfg.local_tokens)
+            count = torch.zeros(pos + 1, dtype=torch.int32)
+            count[:min(cfg.sink_tokens, pos + 1)] += 1
+            count[local_lo:pos + 1] += 1
+            for lo, hi in spans.get(item, []):
+                assert hi <= pos + 1 and lo >= cfg.sink_tokens, (pos, lo, hi)
+                count[lo:hi] += 1
+            assert items[item][0] == seq and items[item][ITEM_CAND_END] == max(cfg.sink_tokens, local_lo)
+            assert bool((count == 1).all()), (seed, pos, torch.nonzero(count != 1).flatten()[:5].tolist())
+    ranges = sorted((it[ITEM_LIST_OFF], it[ITEM_LIST_OFF] + max(it[ITEM_CAND_END] - cfg.sink_tokens, 0))
+                    for it in items)
+    assert all(a_hi <= b_lo for (_, a_hi), (b_lo, _) in zip(ranges, ranges[1:]))
+    assert not ranges or ranges[-1][1] <= plan.list_capacity
