@@ -1,6 +1,7 @@
 """Greedy output of a mixed batch from two servers: one long prompt and several short ones sent
-together, so that vLLM schedules them in one engine step with the short new prompts after the
-long one (its order: decodes, chunked-prefill continuations, then first chunks in arrival order).
+together while the server is busy with a first ("blocker") prompt, so that vLLM schedules them
+in its next engine step with the short new prompts after the long one (the V1 runner's order:
+decodes, chunked-prefill continuations, then first chunks in arrival order).
 
 With θ = ∞ the anchor backend computes dense attention, so every request's greedy continuation
 must equal stock FlashAttention's token for token (or, where bf16 rounding flips a near-tie, the
@@ -66,7 +67,11 @@ def main(argv=None) -> int:
     ap.add_argument("--a", required=True, help="server under test (anchor, θ = ∞)")
     ap.add_argument("--b", required=True, help="reference server (stock FLASH_ATTN)")
     ap.add_argument("--tokenizer", required=True)
-    ap.add_argument("--long", type=int, default=30000, help="tokens of the long prompt (sent first)")
+    ap.add_argument("--blocker", type=int, default=20000,
+                    help="tokens of a prompt sent before the others, so that they arrive while the "
+                         "server is busy with it and are scheduled together in its next step "
+                         "(0: none); compared like the others")
+    ap.add_argument("--long", type=int, default=30000, help="tokens of the long prompt (sent next)")
     ap.add_argument("--short", type=int, nargs="+", default=[300, 700, 1500, 2500],
                     help="tokens of the short prompts sent right after it")
     ap.add_argument("--rounds", type=int, default=3)
@@ -79,7 +84,7 @@ def main(argv=None) -> int:
     builder = PromptBuilder(load_tokenizer(a.tokenizer), corpus="pydoc", mode="ids", seed=a.seed, max_len=a.long)
     rounds, ok = [], True
     for r in range(a.rounds):
-        lengths = [a.long] + list(a.short)
+        lengths = ([a.blocker] if a.blocker else []) + [a.long] + list(a.short)
         # each prompt its own random start and prefix: no prompt is a prefix of another
         prompts = [builder.build(n, key=f"{r}/{i}").ids for i, n in enumerate(lengths)]
         out_a = send_together(a.a, prompts, a.max_tokens)
@@ -92,7 +97,7 @@ def main(argv=None) -> int:
                   f"identical={row['identical']} first_difference_at={row['first_difference_at']} "
                   f"max|dlogprob|={row['max_abs_logprob_diff_before_it']:.4f} -> {'ok' if row['ok'] else 'FAIL'}")
     with open(a.out, "w") as f:
-        json.dump({"command": " ".join(sys.argv), "long": a.long, "short": a.short, "ok": ok,
+        json.dump({"command": " ".join(sys.argv), "blocker": a.blocker, "long": a.long, "short": a.short, "ok": ok,
                    "rounds": rounds}, f, indent=1)
     return 0 if ok else 1
 

@@ -756,13 +756,18 @@ def _stub_builder(monkeypatch, threshold=1):
     return b
 
 
-def test_builder_anchors_long_chunks_before_a_short_new_prompt(monkeypatch):
+def test_builder_anchors_long_chunks_before_a_short_new_prompt(monkeypatch, caplog):
     """vLLM orders a batch decodes, continuations, then first chunks, so a short new prompt
     follows a long prompt's chunk: the long chunk still runs anchor, FlashAttention takes the
-    requests before it (fa_head) and the short prompt after it (fa_tail, tokens from 0)."""
+    requests before it (fa_head) and the short prompt after it (fa_tail, tokens from 0). The
+    first such step is logged once (the GPU job greps for it)."""
+    import logging
     b = _stub_builder(monkeypatch)
     cm = _cm([1, 300, 4096, 2048, 500], [5000, 300, 40000, 30000, 500], [False, True, True, True, True], width=2500)
-    md = b.build(0, cm)
+    with caplog.at_level(logging.INFO, logger="vllm_anchor"):
+        md = b.build(0, cm)
+        b.build(0, cm)
+    assert len([r for r in caplog.records if "first step with requests after the anchored ones" in r.getMessage()]) == 1
     a = md.anchor
     assert (a.token_start, a.token_end) == (301, 301 + 4096 + 2048)
     assert md.fa.requests == 5 and md.fa_head.requests == 2

@@ -145,6 +145,10 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
             return AnchorMetadata(super().build(common_prefix_len, cm, fast_build), None, None)
         fa_head = self._fa_slice(cm, 0, k, fast_build) if k > 0 else None
         fa_tail = self._fa_slice(cm, e, cm.num_reqs, fast_build) if e < cm.num_reqs else None
+        if fa_tail is not None and not getattr(self, "_logged_tail", False):  # once: shows the split is in use
+            self._logged_tail = True
+            logger.info("vllm-anchor: first step with requests after the anchored ones (requests %d-%d of %d "
+                        "anchored, the rest on FlashAttention)", k, e - 1, cm.num_reqs)
         fa = super().build(0, cm, fast_build)  # whole batch: density-guard fallback, off layers
         qsl = cm.query_start_loc_cpu[: cm.num_reqs + 1]
         start, end = int(qsl[k]), int(qsl[e])
