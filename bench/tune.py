@@ -32,6 +32,11 @@ def main():
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--segment-tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    ap.add_argument("--scan-warps", type=int, nargs="+", default=None,
+                    help="num_warps of the stripe scan to sweep (default: the kernels' own only; the "
+                         "sweeps up to stop 22 never varied it)")
+    ap.add_argument("--scan-stages", type=int, nargs="+", default=None,
+                    help="num_stages of the stripe scan to sweep (default: the kernels' own only)")
     ap.add_argument("--rescale-tau", type=float, nargs="+", default=None,
                     help="lazy softmax rescale thresholds to sweep (0 = rescale every block); "
                          "default: only the kernels' default")
@@ -86,9 +91,15 @@ def main():
         call = _Call(q, kv, bt, plan, scale)
         ws = new_workspace(call)
         run_anchor_step(call, ws)
-        for bn in a.block_n:
-            call.opts = {**call.opts, "scan": {**call.opts["scan"], "BLOCK_N": bn}}
-            row = {"kernel": "stripe", "segment_tokens": seg, "block_n": bn}
+        scan0 = call.opts["scan"]
+        for bn, warps, stages in itertools.product(a.block_n, a.scan_warps or [scan0.get("num_warps")],
+                                                   a.scan_stages or [scan0.get("num_stages")]):
+            call.opts = {**call.opts, "scan": {**scan0, "BLOCK_N": bn}}
+            for key, value in (("num_warps", warps), ("num_stages", stages)):
+                if value is not None:
+                    call.opts["scan"][key] = value
+            row = {"kernel": "stripe", "segment_tokens": seg, "block_n": bn, "num_warps": warps,
+                   "num_stages": stages}
             try:
                 row["ms"] = time_ms(lambda: run_stripe_step(call, ws), budget_s=a.budget)
             except Exception as e:
