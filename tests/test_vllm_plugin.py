@@ -819,3 +819,13 @@ def test_layers_vllm_rewrites_batches_for_are_never_planned():
     assert "ChunkedLocalAttentionSpec" in unplanned_spec(ChunkedLocalAttentionSpec(**common, attention_chunk_size=8192))
     assert "sliding window" in unplanned_spec(SlidingWindowSpec(**common, sliding_window=4096))
     assert "sliding window" in unplanned_spec(FullAttentionSpec(**common, sliding_window=4096))
+    # with the hybrid allocator off a chunked-local layer's spec is a FullAttentionSpec: the
+    # subclass vLLM wraps our builder in gives it away
+    from vllm.model_executor.layers.attention.chunked_local_attention import create_chunked_local_attention_backend
+
+    from vllm_anchor.backend import AnchorBackend, AnchorMetadataBuilder
+    wrapped = create_chunked_local_attention_backend(AnchorBackend, 8192).get_builder_cls()
+    assert issubclass(wrapped, AnchorMetadataBuilder)
+    merged = FullAttentionSpec(**common, attention_chunk_size=8192)
+    assert "ChunkedLocalAttentionBuilder" in unplanned_spec(merged, wrapped)
+    assert unplanned_spec(merged, AnchorMetadataBuilder) == ""  # the model's global layers still plan

@@ -90,15 +90,21 @@ def _settings(vllm_config) -> AnchorSettings:
     return load_settings(getattr(vllm_config, "additional_config", None) or {})
 
 
-def unplanned_spec(kv_cache_spec) -> str:
-    """Why layers of this KV-cache spec never run the anchor path ('' when they may).
+def unplanned_spec(kv_cache_spec, builder_cls: type | None = None) -> str:
+    """Why layers with this KV-cache spec (and builder class) never run the anchor path ('' when
+    they may).
 
-    vLLM wraps this builder for chunked-local attention (Llama 4), cross and encoder-only
-    attention, and hands it batches rewritten for those (virtual per-chunk requests with their
-    own block table): planning those as causal prefills over the whole context would read the
-    wrong pages. Sliding-window layers (also FullAttentionSpec with a window, when the hybrid
-    allocator is off) are stock FA in AnchorImpl too; R-SWA limits generated tokens to a window.
+    vLLM subclasses this builder for chunked-local attention (Llama 4), cross, encoder-only and
+    static-sink attention and KV-sharing fast prefill, and hands the subclass batches rewritten
+    for those (virtual per-chunk requests with their own block table, other lengths): planning
+    them as causal prefills over the whole context would read the wrong pages. A subclass is
+    how such layers show even where their spec does not (with the hybrid allocator off, a
+    chunked-local layer's spec is a FullAttentionSpec). Sliding-window layers (also a
+    FullAttentionSpec with a window, then) are stock FA in AnchorImpl too; R-SWA limits
+    generated tokens to a window.
     """
+    if builder_cls is not None and builder_cls is not AnchorMetadataBuilder:
+        return f"vLLM's {builder_cls.__name__}"
     from vllm.v1 import kv_cache_interface as kvi
     for name in ("ChunkedLocalAttentionSpec", "CrossAttentionSpec", "EncoderOnlyAttentionSpec", "RSWASpec"):
         cls = getattr(kvi, name, None)
@@ -124,7 +130,7 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
         self.head_size = kv_cache_spec.head_size
         self.num_heads_kv = kv_cache_spec.num_kv_heads
         self.num_heads_q = vllm_config.model_config.get_num_attention_heads(vllm_config.parallel_config)
-        unplanned = unplanned_spec(kv_cache_spec)
+        unplanned = unplanned_spec(kv_cache_spec, type(self))
         if unplanned and self.settings.enabled:
             logger.info("vllm-anchor: layers with %s run stock FlashAttention", unplanned)
         self._plans = self.settings.enabled and not unplanned
