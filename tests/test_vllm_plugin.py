@@ -265,6 +265,46 @@ def test_metrics_collector_sums_engines_and_labels_tensor_parallel_ranks(tmp_pat
     assert read_stats(str(tmp_path))[name]["calls"] == 5  # the plain per-layer sum (bench summaries)
 
 
+def test_a_worker_that_exits_within_the_flush_interval_keeps_its_counts(tmp_path):
+    """The timer flushes a second after the first update; a process that ends sooner (an offline
+    LLM run, a shutdown) still writes its counts on the way out."""
+    import json
+    import subprocess
+    import sys
+    code = ("from vllm_anchor.stats import STATS\n"
+            "for _ in range(5): STATS.record('model.layers.0.self_attn.attn', 0.5, fallback=False)\n")
+    env = {**__import__("os").environ, "VLLM_ANCHOR_STATS_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    files = list(tmp_path.glob("worker-*-tp0.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["model.layers.0.self_attn.attn"]["calls"] == 5
+
+
+def test_the_stats_folder_the_plugin_made_goes_with_its_process():
+    """Every vllm command loads the plugin; a folder it made (no VLLM_ANCHOR_STATS_DIR given) is
+    removed when that process exits, a folder the user named is not."""
+    import os
+    import subprocess
+    import sys
+    code = "from vllm_anchor.metrics import ensure_stats_dir_and_collector as e; print(e())"
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ANCHOR_STATS_DIR"}
+    made = subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120,
+                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    assert "vllm_anchor_stats_" in made and not os.path.exists(made)
+
+
+def test_stats_survive_a_timer_that_cannot_start(monkeypatch):
+    import threading
+
+    from vllm_anchor.stats import AnchorStats
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Timer, "start", no_thread)
+    s = AnchorStats()
+    s.record("model.layers.0.self_attn.attn", 0.5, fallback=False)  # must not raise into forward
+    assert s._timer is None and s.snapshot()["model.layers.0.self_attn.attn"]["calls"] == 1
+
+
 def test_plugin_sets_up_stats_dir_once(monkeypatch):
     import os
 

@@ -16,15 +16,18 @@ guard decides for them), so each rank is a series of its own: summing over ``tp_
 call once per rank. Workers on other nodes (multi-node Ray) cannot write into the API server's
 folder: their ranks are missing here.
 
-With ``--api-server-count > 1`` vLLM switches to a multiprocess registry that this collector is
-not part of; the statistics are then only in the JSON files.
+With ``--api-server-count > 1`` (which ``--data-parallel-size > 1`` implies unless the count is
+given) or ``PROMETHEUS_MULTIPROC_DIR`` set, vLLM serves a multiprocess registry that this
+collector is not part of; the statistics are then only in the JSON files.
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 
 from .stats import STATS_DIR_ENV
@@ -97,6 +100,9 @@ def ensure_stats_dir_and_collector() -> str:
     if not folder:
         folder = tempfile.mkdtemp(prefix="vllm_anchor_stats_")
         os.environ[STATS_DIR_ENV] = folder
+        # ours: removed when this process (the API server or the LLM process, which the engine
+        # and workers do not outlive) exits; every vllm command loads the plugin and made one
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
     else:
         os.makedirs(folder, exist_ok=True)  # workers only write into an existing folder
     if _registered_dir is None:

@@ -11,6 +11,7 @@ collector reads the files at each scrape of ``/metrics`` (see :mod:`vllm_anchor.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
@@ -35,6 +36,10 @@ class AnchorStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     auto_flush: bool = True  # tests that flush by hand turn the timer off
     _timer: threading.Timer | None = field(default=None, repr=False)
+    _exit_flush: bool = field(default=False, repr=False)  # atexit flush registered
+    # the tensor-parallel rank, read once vLLM has set it up (a flush at shutdown, after its
+    # groups are gone, must not write a rank-1 worker's totals under rank 0)
+    _rank: int | None = field(default=None, repr=False)
 
     def record(self, layer: str, density: float | None, fallback: bool) -> None:
         """One long-prefill call; ``density`` is None when it was not measured (the guard
@@ -61,11 +66,21 @@ class AnchorStats:
             # take the GIL from the thread launching that prefill's kernels
             timer = self._timer = threading.Timer(FLUSH_INTERVAL_S, self._timed_flush)
             timer.daemon = True
-        timer.start()
+            if not self._exit_flush:  # a worker that exits within the interval keeps its counts
+                self._exit_flush = True
+                atexit.register(self._flush_quietly)
+        try:
+            timer.start()
+        except RuntimeError:  # no thread to be had (interpreter shutting down): try at the next update
+            with self._lock:
+                self._timer = None
 
     def _timed_flush(self) -> None:
         with self._lock:
             self._timer = None
+        self._flush_quietly()
+
+    def _flush_quietly(self) -> None:
         try:
             self.flush()
         except OSError:
@@ -82,8 +97,10 @@ class AnchorStats:
         folder = os.environ.get(STATS_DIR_ENV)
         if not folder or not os.path.isdir(folder):
             return
-        path = os.path.join(folder, f"worker-{os.getpid()}-tp{tensor_parallel_rank()}.json")
-        tmp = path + ".tmp"
+        if self._rank is None:
+            self._rank = tensor_parallel_rank()  # None until vLLM's groups exist: asked again next time
+        path = os.path.join(folder, f"worker-{os.getpid()}-tp{self._rank or 0}.json")
+        tmp = f"{path}.{threading.get_ident()}.tmp"  # two flushes at once (a slow disk) never share one
         with open(tmp, "w") as f:
             json.dump(self.snapshot(), f)
         os.replace(tmp, path)
@@ -93,13 +110,14 @@ class AnchorStats:
             self.layers.clear()
 
 
-def tensor_parallel_rank() -> int:
-    """This worker's tensor-parallel rank (0 outside a vLLM worker, or before it is set up)."""
+def tensor_parallel_rank() -> int | None:
+    """This worker's tensor-parallel rank; None outside a vLLM worker or before (or after) its
+    groups exist."""
     try:
         from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
         return int(get_tensor_model_parallel_rank())
     except Exception:  # no vLLM, or its groups are not initialized in this process
-        return 0
+        return None
 
 
 STATS = AnchorStats()
