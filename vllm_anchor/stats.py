@@ -66,7 +66,10 @@ class AnchorStats:
             # take the GIL from the thread launching that prefill's kernels
             timer = self._timer = threading.Timer(FLUSH_INTERVAL_S, self._timed_flush)
             timer.daemon = True
-            if not self._exit_flush:  # a worker that exits within the interval keeps its counts
+            if not self._exit_flush:
+                # a worker that exits within the interval keeps its counts: at a normal interpreter
+                # exit (spawned workers, an in-process engine), not where multiprocessing's forked
+                # children leave through os._exit
                 self._exit_flush = True
                 atexit.register(self._flush_quietly)
         try:
