@@ -66,6 +66,46 @@ def test_sliding_window_attention_matches_explicit_mask():
         assert torch.allclose(out, want, atol=1e-5), (window, chunk)
 
 
+@pytest.mark.parametrize("window", [None, 7])
+def test_soft_capped_attention_matches_the_formula(window):
+    """Gemma-2's logit soft-cap (transformers' SDPA path refuses it): scores capped by
+    ``cap * tanh(s / cap)``, causal (and windowed) softmax, any chunk size."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(1, 4, 40, 8, generator=g) * 3, torch.randn(1, 2, 40, 8, generator=g) * 3, \
+        torch.randn(1, 2, 40, 8, generator=g)
+    i, j = torch.arange(40)[:, None], torch.arange(40)[None, :]
+    mask = (j <= i) & ((j > i - window) if window else True)
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k.repeat_interleave(2, 1)) * 0.3
+    s = 5.0 * torch.tanh(s / 5.0)
+    want = torch.einsum("bhqk,bhkd->bqhd", torch.softmax(s.masked_fill(~mask, float("-inf")), -1),
+                        v.repeat_interleave(2, 1))
+    for chunk in (7, 64):
+        out, _ = cal.sliding_window_attention(q, k, v, 0.3, window, chunk=chunk, softcap=5.0)
+        assert torch.allclose(out, want, atol=1e-5), (window, chunk)
+
+
+def test_capture_runs_a_soft_capped_layer_itself_and_skips_it():
+    store = {"captured": {}, "info": {}, "layers": None}
+    capture = cal.make_capture(store)
+    module = type("Attn", (), {"layer_idx": 3, "scaling": 0.25, "attn_logit_softcapping": 50.0})()
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
+    out, _ = capture(module, q, k, v, None, scaling=0.25, softcap=50.0)  # used to raise in SDPA
+    want, _ = cal.sliding_window_attention(q, k, v, 0.25, None, softcap=50.0)
+    assert torch.equal(out, want) and store["info"][3]["skipped"] == cal.SOFTCAP_REASON
+    assert 3 not in store["captured"]
+
+
+def test_yarn_rope_keeps_a_partial_rotary_dimension():
+    class Cfg:  # StableLM-like: a quarter of the head dimension rotates
+        rope_parameters = {"rope_type": "llama3", "rope_theta": 1e4, "partial_rotary_factor": 0.25,
+                           "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+
+    r = cal.yarn_rope(Cfg(), 4096)
+    assert r["partial_rotary_factor"] == 0.25 and r["rope_type"] == "yarn" and r["rope_theta"] == 1e4
+    assert "low_freq_factor" not in r and r["original_max_position_embeddings"] == 4096
+
+
 def test_yarn_rope_keeps_model_theta_and_sliding_layers():
     class Cfg:
         rope_parameters = {"full_attention": {"rope_type": "default", "rope_theta": 1e6},

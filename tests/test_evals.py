@@ -106,6 +106,32 @@ def test_needle_at_requested_depth(hs, tok, depth):
         assert off == head + hay_len
 
 
+def test_singular_rewrite_leaves_the_key_as_it_is_in_the_haystack(hs, tok, monkeypatch):
+    """RULER rewrites the single-needle template ("are" -> "is", "numbers" -> "number") before
+    the key goes in; a key word holding "are" must reach the question unchanged."""
+    monkeypatch.setattr(T, "rand_key", lambda hs_, rng: "kneaded-prepare")
+    s = T.niah_single(hs, 2048, random.Random(3), depth=0.5)
+    text = tok.decode(s.ids)
+    assert s.meta["query"] == "kneaded-prepare"
+    assert "One of the special magic numbers for kneaded-prepare is" in text  # the needle
+    assert text.count("kneaded-prepare") == 3  # needle, question, answer prefix
+    assert "What is the special magic number for kneaded-prepare mentioned" in text
+
+
+def test_common_words_keeps_exact_length_when_newline_is_two_tokens(hs, monkeypatch):
+    """SentencePiece tokenizers encode "\n" as two tokens; the list's padding must still land
+    on the exact length."""
+    enc = hs.enc
+
+    def two_token_newline(text):
+        ids = enc(text)
+        return ids + ids if text == "\n" else ids
+    monkeypatch.setattr(hs, "enc", two_token_newline)
+    for length in (1500, 2000, 2500, 3000, 3500):  # some need padding, some do not
+        s = T.TASKS["common_words"](hs, length, random.Random(5), depth=None)
+        assert len(s.ids) == length
+
+
 def test_suite_is_deterministic_and_seeded(hs):
     a = T.build_suite(hs, ["niah_single", "variable_tracking"], [1024], [0.0, 1.0], 2, seed=3)
     b = T.build_suite(hs, ["niah_single", "variable_tracking"], [1024], [0.0, 1.0], 2, seed=3)

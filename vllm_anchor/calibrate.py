@@ -49,6 +49,7 @@ from vllm_anchor.kernels.config import AnchorConfig
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 100000.0,
         "original_max_position_embeddings": 8192}
+ROPE_TYPE_INDEPENDENT = ("partial_rotary_factor", "mrope_section", "mrope_interleaved")
 
 
 # --------------------------------------------------------------------------- capture
@@ -82,10 +83,13 @@ SLIDING_REASON = "sliding window: stock attention"
 SOFTCAP_REASON = "logit soft-cap: stock attention"
 
 
-def sliding_window_attention(query, key, value, scaling: float, window: int, chunk: int = 512):
-    """Causal sliding-window attention, query chunk by query chunk (never an ``S x S`` mask).
+def sliding_window_attention(query, key, value, scaling: float, window: int | None, chunk: int = 512,
+                             softcap: float | None = None):
+    """Causal (sliding-window) attention, query chunk by query chunk (never an ``S x S`` mask).
 
-    Query ``i`` sees keys ``i - window < j <= i`` (transformers' ``sliding_window_overlay``).
+    Query ``i`` sees keys ``i - window < j <= i`` (transformers' ``sliding_window_overlay``), or
+    every ``j <= i`` with ``window`` None. ``softcap``: Gemma-2's logit soft-cap, scores
+    ``softcap * tanh(s / softcap)`` before the softmax (transformers' SDPA path refuses it).
     ``query`` [B, H, S, D], ``key``/``value`` [B, Hkv, S, D]; returns ``[B, S, H, D]`` like
     transformers' attention functions.
     """
@@ -95,13 +99,20 @@ def sliding_window_attention(query, key, value, scaling: float, window: int, chu
     out = query.new_empty(b, n, h, value.shape[-1])
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        k0 = max(0, s - window + 1)
+        k0 = 0 if window is None else max(0, s - window + 1)
         i = torch.arange(s, e, device=query.device)[:, None]
         j = torch.arange(k0, e, device=query.device)[None, :]
-        mask = (j <= i) & (j > i - window)
-        o = F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, k0:e].repeat_interleave(rep, 1),
-            value[:, :, k0:e].repeat_interleave(rep, 1), attn_mask=mask, scale=scaling)
+        mask = j <= i
+        if window is not None:
+            mask &= j > i - window
+        k = key[:, :, k0:e].repeat_interleave(rep, 1)
+        v = value[:, :, k0:e].repeat_interleave(rep, 1)
+        if softcap:
+            scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, s:e].float(), k.float()) * scaling
+            scores = (softcap * torch.tanh(scores / softcap)).masked_fill(~mask, float("-inf"))
+            o = torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v.float()).to(query.dtype)
+        else:
+            o = F.scaled_dot_product_attention(query[:, :, s:e], k, v, attn_mask=mask, scale=scaling)
         out[:, s:e] = o.transpose(1, 2)
     return out, None
 
@@ -135,6 +146,9 @@ def make_capture(store: dict):
             store["captured"][int(idx)] = tuple(
                 t[0].transpose(0, 1).to("cpu", torch.float32).contiguous()
                 for t in (query, key, value))
+        if softcap:  # transformers' SDPA path refuses a soft-cap: causal (windowed) attention here
+            return sliding_window_attention(query, key, value, float(scaling),
+                                            None if window is None else int(window), softcap=float(softcap))
         if window is not None and attention_mask is None:
             # no mask is built for a custom attention function: apply the window here
             return sliding_window_attention(query, key, value, float(scaling), int(window))
@@ -150,7 +164,10 @@ def yarn_rope(cfg, native: int) -> dict:
     rope = dict(getattr(cfg, "rope_parameters", None) or {})
 
     def one(p: dict) -> dict:
-        return {**YARN, "rope_theta": float(p.get("rope_theta", YARN["rope_theta"])),
+        # keys that hold whatever the RoPE type (a partial rotary dimension, multimodal sections)
+        # stay; the previous type's own keys (llama3's frequency factors, ...) go with it
+        kept = {k: v for k, v in p.items() if k in ROPE_TYPE_INDEPENDENT}
+        return {**kept, **YARN, "rope_theta": float(p.get("rope_theta", YARN["rope_theta"])),
                 "original_max_position_embeddings": native or YARN[
                     "original_max_position_embeddings"]}
 

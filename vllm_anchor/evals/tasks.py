@@ -204,13 +204,16 @@ def _niah(hs: Haystack, length: int, rng: random.Random, name: str, num_k: int =
     answers = [v for i in qi for v in values[i]]
     query = ", ".join(queries[:-1]) + ", and " + queries[-1] if len(queries) > 1 else queries[0]
     head = NIAH_TEMPLATE.format(type_v="numbers")
-    question = NIAH_QUESTION.format(type_v="numbers", query=query)
-    answer = NIAH_ANSWER.format(type_v="numbers", query=query)
+    question = NIAH_QUESTION.format(type_v="numbers", query="\0")
+    answer = NIAH_ANSWER.format(type_v="numbers", query="\0")
     if num_q * num_v == 1:  # RULER's singular rewrite of the template
         def sing(t: str) -> str:
             return (t.replace("Some", "A").replace("are all", "is").replace("are", "is")
                     .replace("numbers", "number"))
         head, question, answer = sing(head), sing(question), sing(answer)
+    # the keys go in after the rewrite (as RULER does): a key word holding "are" or "numbers"
+    # ("kneaded-prepare") must reach the question as it is in the haystack
+    question, answer = question.replace("\0", query), answer.replace("\0", query)
     inserts = [(d, hs.enc(" " + NEEDLE.format(type_v="numbers", key=k, value=v)))
                for d, (k, v) in zip(depths, needles)]
     ids, offs, span = fit_with_inserts(hs, hs.enc(head), hs.enc(question + answer), length,
@@ -293,10 +296,12 @@ def common_words(hs, length, rng, depth=None, num_cw: int = 10) -> Sample:
     pool = list(hs.words)
     rng.shuffle(pool)
     common = pool[:num_cw]
+    order_seed = rng.random()  # one word order for the search and the list it settles on
+
     # grow the uncommon set until the list no longer fits
     def build(n_unc: int) -> list[int]:
         words = common * freq_cw + pool[num_cw:num_cw + n_unc] * freq_ucw
-        r = random.Random(rng.random())
+        r = random.Random(order_seed)
         r.shuffle(words)
         return hs.enc(" ".join(f"{i + 1}. {w}" for i, w in enumerate(words)))
     lo, hi = 0, len(pool) - num_cw
@@ -309,7 +314,7 @@ def common_words(hs, length, rng, depth=None, num_cw: int = 10) -> Sample:
         else:
             hi = mid - 1
     body = build(lo)
-    pad = hs.enc("\n")
+    pad = hs.enc("\n")[-1:]  # one token: SentencePiece tokenizers encode "\n" as two
     body = body + pad * (budget - len(body))
     ids = hs.lead + head + body + tail
     assert len(ids) == length
