@@ -20,20 +20,11 @@ import argparse
 import json
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-
-def complete(base: str, ids: list[int], max_tokens: int) -> tuple[list[str], list[float]]:
-    with urllib.request.urlopen(base + "/v1/models", timeout=30) as r:
-        model = json.load(r)["data"][0]["id"]
-    body = {"model": model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0.0,
-            "logprobs": 1, "return_tokens_as_token_ids": True, "ignore_eos": True}
-    req = urllib.request.Request(base + "/v1/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        lp = json.load(r)["choices"][0]["logprobs"]
-    return lp["tokens"], lp["token_logprobs"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from exact_http import complete  # noqa: E402  (one greedy completion with its logprobs)
 
 
 def send_together(base: str, prompts: list[list[int]], max_tokens: int, stagger_s: float = 0.005,

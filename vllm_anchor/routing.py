@@ -25,14 +25,16 @@ def anchor_run(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor, nu
     q_lens = (query_start_loc_cpu[1:num_reqs + 1] - query_start_loc_cpu[:num_reqs]).tolist()
     seq_lens = seq_lens_cpu.tolist()
     prefilling = is_prefilling[:num_reqs].tolist() if is_prefilling is not None else [True] * num_reqs
+    ok = [i >= num_decodes and q_lens[i] > 1 and seq_lens[i] >= min_seq_len and prefilling[i]
+          for i in range(num_reqs)]
     best, best_tokens = (num_reqs, num_reqs), 0
     i = num_decodes
     while i < num_reqs:
-        if not (q_lens[i] > 1 and seq_lens[i] >= min_seq_len and prefilling[i]):
+        if not ok[i]:
             i += 1
             continue
         j = i
-        while j < num_reqs and q_lens[j] > 1 and seq_lens[j] >= min_seq_len and prefilling[j]:
+        while j < num_reqs and ok[j]:
             j += 1
         tokens = sum(q_lens[i:j])
         if tokens > best_tokens:
