@@ -17,6 +17,7 @@ import triton
 
 from .config import AnchorConfig
 from .launch import launch
+from .launch_env import LAUNCH_OVERRIDES
 from .plan import (AnchorPlan, default_rows, default_segment_tokens, default_sparse_rows,  # noqa: F401
                    plan_anchor_prefill, stripe_density_parts)
 from .triton_anchor import anchor_kernel
@@ -42,6 +43,15 @@ PACK_COUNTS_SELECTED = os.environ.get("ANCHOR_KERNELS_PACK_COUNTS", "1") != "0"
 
 
 def _launch_opts(head_dim: int, device: torch.device) -> dict:
+    """The launch options of :func:`_default_launch_opts`, with ``ANCHOR_KERNELS_LAUNCH``'s laid
+    over them on the GPU (``kernels/launch_env.py``)."""
+    opts = _default_launch_opts(head_dim, device)
+    if device.type != "cuda" or not LAUNCH_OVERRIDES:
+        return opts
+    return {k: {**v, **LAUNCH_OVERRIDES.get(k, {})} for k, v in opts.items()}
+
+
+def _default_launch_opts(head_dim: int, device: torch.device) -> dict:
     """Block sizes and num_warps / num_stages per kernel, from bench/tune.py sweeps on the H100.
 
     The sparse step is latency-bound on its gathers: a pipelined loop of small key blocks wins.
@@ -69,10 +79,12 @@ def _launch_opts(head_dim: int, device: torch.device) -> dict:
                 "sparse": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2, **rescale},
                 "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, "tail": tail}
     # 256 rows per program (plan.default_rows), two warpgroups: bench/results/sparse_tiles_h100/
-    # (32 q / 8 kv heads, 128k, 10% density: anchor 8.9 vs 9.5 ms, sparse 31.7 vs 34.7 ms at 128 rows)
+    # (32 q / 8 kv heads, 128k, 10% density: anchor 8.9 vs 9.5 ms, sparse 31.7 vs 34.7 ms at 128 rows).
+    # Scan: 128-key blocks, unpipelined (num_stages 1), the fastest of 48 launches at 128k:
+    # 3.89 vs 5.64 ms for the 64-key, 3-stage one (lease28_h100/scan_tune/).
     return {"anchor": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2, **rescale},
             "sparse": {"BLOCK_N": 128, "num_warps": 8, "num_stages": 3, **rescale},
-            "scan": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, "tail": tail}
+            "scan": {"BLOCK_N": 128, "num_warps": 4, "num_stages": 1}, "tail": tail}
 
 
 @dataclass

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .config import AnchorConfig
+from .launch_env import SEGMENT_TOKENS_OVERRIDE
 
 # Column layouts of the packed int32 work tables.
 TILE_SEQ, TILE_ROW0, TILE_POS0, TILE_NROWS, TILE_ITEM, TILE_POOL = range(6)
@@ -76,7 +77,10 @@ def default_segment_tokens(head_dim: int, device) -> int:
     programs in flight (head_dim 64 with 3 KV heads has few), longer ones spend fewer on the
     pack step (which wins at head_dim 128 with 8 KV heads). For d 64 the H100 and H200 sweeps
     disagree (1024 vs 2048 keys, each 20-40% off on the other); 2048 with 64-key blocks is
-    within 25% of the best on both."""
+    within 25% of the best on both. On the GPU, ``ANCHOR_KERNELS_LAUNCH``'s
+    ``scan.segment_tokens`` replaces it (``kernels/launch_env.py``)."""
+    if SEGMENT_TOKENS_OVERRIDE is not None and torch.device(device).type == "cuda":
+        return SEGMENT_TOKENS_OVERRIDE
     return 2048 if head_dim <= 64 else 4096
 
 

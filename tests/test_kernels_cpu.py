@@ -441,6 +441,33 @@ def test_non_power_of_two_head_packing_matches_reference(heads, rows):
                               TOL[torch.float32])
 
 
+@pytest.mark.parametrize("block_n", [16, 128])
+def test_scan_key_block_is_a_pure_speed_option(block_n):
+    """The stripe scan's key block (128 on the H100 since lease28_h100/scan_tune/, 32 on the CPU)
+    changes neither the lists nor their page-table slots: blocks of 128 keys cover a 256-key
+    context in two, one partial."""
+    cfg = small_cfg(theta=2.0)
+    case = make_case([(0, 256), (100, 90)], 6, 2, 16, seed=6, strong_frac=0.25, strong_gain=1.6)
+    plan, call, ws = _steps(case, cfg)
+    run_stripe_step(call, ws)
+    want = {k: getattr(ws, k).clone() for k in ("lists", "counts", "slots")}
+    cand = int((plan.items_cpu[:, 1] - cfg.sink_tokens).sum()) * want["counts"].shape[1]
+    assert 0 < int(want["counts"].sum()) < cand  # a partial selection
+    plan, call, ws = _steps(case, cfg)
+    assert call.opts["scan"]["BLOCK_N"] != block_n
+    call.opts = {**call.opts, "scan": {**call.opts["scan"], "BLOCK_N": block_n}}
+    for k in want:  # poison: a list entry the scan failed to write would show
+        getattr(ws, k).fill_(-7)
+    run_stripe_step(call, ws)
+    for item in range(plan.num_items):
+        off = int(plan.items_cpu[item, 2])
+        for h in range(ws.counts.shape[1]):
+            n = int(want["counts"][item, h])
+            assert int(ws.counts[item, h]) == n
+            assert ws.lists[h, off:off + n].tolist() == want["lists"][h, off:off + n].tolist()
+            assert ws.slots[h, off:off + n].tolist() == want["slots"][h, off:off + n].tolist()
+
+
 @pytest.mark.parametrize("option", [{"SPLIT_DIAGONAL": False}, {"MERGE_BULK": False}],
                          ids=["one-masked-loop", "one-loop-per-span"])
 def test_anchor_loop_structure_is_a_pure_speed_option(option):

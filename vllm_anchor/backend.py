@@ -28,6 +28,7 @@ from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashA
                                                    FlashAttentionMetadata, FlashAttentionMetadataBuilder)
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
+from vllm_anchor.kernels import launch_env
 from vllm_anchor.kernels import AnchorPlan, plan_anchor_prefill, stripe_density, warm_up
 from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, density_parts, run_anchor_step, run_sparse_step,
                                      run_stripe_step, shared_workspace, step_workspace_nbytes)
@@ -274,8 +275,9 @@ class AnchorImpl(FlashAttentionImpl):
         try:  # compile the kernels now, not inside the first long request's TTFT
             if warm_up(self.num_heads, self.num_kv_heads, self.head_size, act_dtype,
                        self.settings.kernel, torch.device("cuda", torch.cuda.current_device())):
-                logger.info("vllm-anchor: kernels compiled for %d/%d heads, head size %d, %s",
-                            self.num_heads, self.num_kv_heads, self.head_size, act_dtype)
+                logger.info("vllm-anchor: kernels compiled for %d/%d heads, head size %d, %s%s",
+                            self.num_heads, self.num_kv_heads, self.head_size, act_dtype,
+                            f" ({launch_env.ENV}: {launch_env.describe()})" if launch_env.describe() else "")
         except Exception as e:  # never block start-up on a warm-up; the first request compiles
             logger.warning("vllm-anchor: kernel warm-up failed (%r); compiling on first use", e)
 
