@@ -8,7 +8,7 @@
 #   1. bench/kernels.py synthetic at the Llama shape, 131072 tokens, 10% strong columns: issue 2's
 #      whole-path ratio with the new scan default;
 #   2. bench/tune.py --kernels stripe at SmolLM2's shape (9/3 heads, d 64) at 131072 and 32768
-#      tokens, 0.5 s per point: segment 1024/2048/4096 x key block 64/128 x stages 1/2/3, 4 warps;
+#      tokens, 0.3 s per point: segment 1024/2048/4096 x key block 64/128 x stages 1/2/3, 4 warps;
 #   3. the 131072 sweep's fastest launch served (ANCHOR_KERNELS_LAUNCH, kernels/launch_env.py) beside
 #      the defaults and stock, YaRN x16, 131000-token prompts, 8 per pair, interleaved: tuned vs
 #      defaults, then each against stock.
@@ -21,7 +21,7 @@ timeout 150 python3 "$REPO/bench/kernels.py" synthetic --lengths 131072 --densit
   --out "$R/kernels_synthetic_128k.json" 2>&1 | tee "$R/kernels_synthetic_128k.log" | grep "^n=" | cut -c1-200
 lap "kernels synthetic"
 SWEEP=(--kernels stripe --heads 9 3 64 --rows 128 --segment-tokens 1024 2048 4096 --block-n 64 128
-       --scan-warps 4 --scan-stages 1 2 3 --budget 0.5)
+       --scan-warps 4 --scan-stages 1 2 3 --budget 0.3)
 for n in 131072 32768; do
   timeout 150 python3 "$REPO/bench/tune.py" --tokens $n "${SWEEP[@]}" \
     --out $R/tune_scan_smollm2_$n.json > $R/tune_scan_smollm2_$n.log 2>&1
