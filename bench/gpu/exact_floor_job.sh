@@ -10,6 +10,9 @@
 #      the same options (8005) and to stock with 8192-token chunks (8006, other GEMM shapes and
 #      chunk boundaries), each against stock 8002, then anchor theta = inf (8001) again;
 #   3. bench/exact_http.py's 16k prompt: 8006 and 8005 against 8002.
+# Every comparison sends the same prompts, so from the second on stock 8002 answers them partly from
+# its prefix cache while the other server computes them fresh: as run in lease28_h100/exact_floor/,
+# this measured both stock's batching drift (8005, first) and its cached-vs-fresh drift (the rest).
 # Usage on the GPU host: [GPU_TESTS=0] bash bench/gpu/exact_floor_job.sh   (results: $OUT/exact_floor.tar.gz)
 source bench/gpu/setup.sh
 cd /tmp
