@@ -215,11 +215,26 @@ def server_env(environ=None) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k not in LAUNCHER_ONLY_ENV}
 
 
+def check_kernel_launch(text: str | None) -> None:
+    """Validate ``ANCHOR_KERNELS_LAUNCH`` (kernels/launch_env.py) now: vLLM's workers would stop
+    on it at start-up, after the model load. Imports the kernels (torch, Triton) only when set."""
+    if not text:
+        return
+    try:
+        from vllm_anchor.kernels.launch_env import parse
+        parse(text)
+    except ImportError:  # the kernels are not there: vLLM will tell
+        return
+    except ValueError as e:  # raised by parse, or by the import when this process has it too
+        raise LaunchError(f"kernel launch options: {e}") from None
+
+
 def check_anchor_settings(additional_config: dict | None, from_config_file: bool = False) -> None:
     """Validate the ``anchor`` settings (additional-config and VLLM_ANCHOR_* variables) the way
     the backend will at start-up, so a typo fails now rather than minutes into vLLM's start.
     ``from_config_file``: part of the section came from a ``--config`` file's ``anchor:``, which
     the error then names (the backend only sees ``--additional-config``)."""
+    check_kernel_launch(server_env().get("ANCHOR_KERNELS_LAUNCH"))
     env = {k: v for k, v in server_env().items() if k.startswith("VLLM_ANCHOR_")}
     if not env and "anchor" not in (additional_config or {}):
         return

@@ -67,3 +67,20 @@ def test_variable_is_read_at_import_and_a_bad_one_stops_it():
     bad = _import_with("scan.BLOCK_N=96")
     assert bad.returncode != 0
     assert "ANCHOR_KERNELS_LAUNCH: 'scan.BLOCK_N=96': scan.BLOCK_N must be a power of two >= 16" in bad.stderr
+
+
+def test_launcher_checks_the_variable_before_starting_vllm():
+    from vllm_anchor.serving.launcher import LaunchError, check_kernel_launch
+    check_kernel_launch(None)
+    check_kernel_launch("scan.BLOCK_N=128 scan.num_stages=2")
+    with pytest.raises(LaunchError, match=r"kernel launch options: ANCHOR_KERNELS_LAUNCH: 'tail.num_warps=5'"):
+        check_kernel_launch("scan.BLOCK_N=128 tail.num_warps=5")
+
+
+def test_plugin_registration_stops_on_a_bad_variable():
+    """vLLM calls every general plugin uncaught: a bad value stops the process at start-up."""
+    env = {**os.environ, "ANCHOR_KERNELS_LAUNCH": "sparse.num_stages=9"}
+    code = "from vllm_anchor.plugin import register; register()"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "ANCHOR_KERNELS_LAUNCH: 'sparse.num_stages=9': sparse.num_stages must be between 1 and 8" in run.stderr
