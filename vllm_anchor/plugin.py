@@ -5,6 +5,7 @@ After this, ``--attention-backend CUSTOM`` and ``--attention-backend anchor`` (a
 """
 from __future__ import annotations
 
+import importlib
 import logging
 
 BACKEND_PATH = "vllm_anchor.backend.AnchorBackend"
@@ -36,7 +37,7 @@ def register() -> None:
     _log_through_vllm()
     load_settings()  # a bad VLLM_ANCHOR_* variable stops start-up here, with its name
     step_profiler_from_env()  # and so does a bad VLLM_ANCHOR_PROFILE_* one
-    from vllm_anchor.kernels import launch_env  # noqa: F401  (and a bad ANCHOR_KERNELS_LAUNCH)
+    importlib.import_module("vllm_anchor.kernels.launch_env")  # and a bad ANCHOR_KERNELS_LAUNCH
     ensure_stats_dir_and_collector()  # before vLLM starts its engine processes, which inherit it
     register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
     # `--attention-backend anchor` is upper-cased and looked up in the enum's member map;
