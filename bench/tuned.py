@@ -1,7 +1,7 @@
 """Run the kernels with launch parameters from ``bench/tune.py`` results instead of the defaults.
 
 ``bench/kernels.py --tuned results/tune_*.json`` measures a sweep's winners in the same device
-call that found them; once measured, they are copied into ``kernels/api.py:_launch_opts`` and
+call that found them; once measured, they are copied into ``kernels/api.py:_default_launch_opts`` and
 ``kernels/plan.py`` (rows per program of each kernel, segment size), which is where production
 reads them. Each file applies to its own head size; shapes with other head sizes keep the
 defaults.
