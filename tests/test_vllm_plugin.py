@@ -788,7 +788,8 @@ def _stub_builder(monkeypatch, threshold=1):
     from vllm_anchor.settings import load_settings
     monkeypatch.setattr(FlashAttentionMetadataBuilder, "build", lambda self, prefix, cm, fast=False:
                         SimpleNamespace(requests=cm.num_reqs, tokens=cm.num_actual_tokens,
-                                        qsl=cm.query_start_loc_cpu.tolist(), scheduler_metadata=None))
+                                        qsl=cm.query_start_loc_cpu.tolist(), scheduler_metadata=None,
+                                        causal=cm.causal, mm_ranges=cm.mm_req_doc_ranges))
     b = AnchorMetadataBuilder.__new__(AnchorMetadataBuilder)
     b.settings = load_settings({"anchor": {"min_seq_len": 24576}})
     b._plans, b.reorder_batch_threshold = True, threshold
@@ -869,3 +870,84 @@ def test_layers_vllm_rewrites_batches_for_are_never_planned():
     merged = FullAttentionSpec(**common, attention_chunk_size=8192)
     assert "ChunkedLocalAttentionBuilder" in unplanned_spec(merged, wrapped)
     assert unplanned_spec(merged, AnchorMetadataBuilder) == ""  # the model's global layers still plan
+
+
+def test_builder_runs_non_causal_batches_on_flash_attention(monkeypatch, caplog):
+    """The anchor kernels are strictly causal. A batch vLLM builds with ``causal=False`` (whole
+    batch bidirectional) or with a tensor of per-request causal flags (FA4's dynamic_causal)
+    must not plan anything: FlashAttention gets the whole batch with ``causal`` exactly as vLLM
+    built it, and the builder says why once."""
+    import logging
+    from dataclasses import replace
+    b = _stub_builder(monkeypatch)
+    cm = _cm([1, 300, 4096, 2048], [5000, 300, 40000, 30000], [False, True, True, True], width=2500)
+    assert b.build(0, cm).anchor is not None  # the same batch, causal: anchored
+    flags = torch.tensor([1, 1, 1, 0], dtype=torch.int32)
+    with caplog.at_level(logging.INFO, logger="vllm_anchor"):
+        for causal in (False, flags, torch.ones(4, dtype=torch.int32), False):
+            md = b.build(0, replace(cm, causal=causal))
+            assert md.anchor is None and md.fa_head is None and md.fa_tail is None
+            assert md.fa.requests == 4 and md.fa.causal is causal
+    assert len([r for r in caplog.records if "non-causal" in r.getMessage()]) == 1
+    assert b.build(0, cm).anchor is not None  # a causal batch after them anchors again
+
+
+def test_anchor_run_skips_requests_flagged_bidirectional():
+    """A request whose chunk vLLM attends bidirectionally never qualifies; the run is the longest
+    contiguous one of the requests left."""
+    qsl, seq = _qsl([1, 8192, 4096, 8192]), torch.tensor([50, 40000, 30000, 50000])
+    assert anchor_run(qsl, seq, 1, min_seq_len=16384) == (1, 4)
+    # equal runs on either side of the flagged request: the first
+    assert anchor_run(qsl, seq, 1, min_seq_len=16384, bidirectional=[False, False, True, False]) == (1, 2)
+    assert anchor_run(qsl, seq, 1, min_seq_len=16384, bidirectional=[False, True, False, False]) == (2, 4)
+    assert anchor_run(qsl, seq, 1, min_seq_len=16384, bidirectional=[True] * 4) == (4, 4)
+
+
+def test_bidirectional_in_chunk_reads_prefix_lm_ranges_against_the_query_chunk():
+    """vLLM's PrefixLM ranges are inclusive absolute token positions (FA4's mask_mod compares
+    them with ``q_idx + seq_len - query_len`` and skips ``start >= end``): only a range that
+    reaches the current chunk changes its queries' attention."""
+    from vllm_anchor.routing import bidirectional_in_chunk
+    qsl, seq = _qsl([1, 4096, 4096, 4096, 4096]), torch.tensor([50, 40000, 40000, 40000, 40000])
+    ranges = {0: [(0, 40)],                      # a decode's image, long in its context
+              1: [(100, 355), (36000, 36000)],   # before the chunk [35904, 40000); a 1-token one: none
+              2: [(35800, 35904)],               # reaches the chunk's first token
+              3: [(100, 355), (39000, 39255)]}   # one of two inside the chunk; request 4: no entry
+    assert bidirectional_in_chunk(qsl, seq, ranges) == [False, False, True, True, False]
+    assert bidirectional_in_chunk(qsl, seq, {}) == [False] * 5
+    assert bidirectional_in_chunk(qsl, seq, {1: []}) == [False] * 5
+
+
+def test_builder_keeps_prefix_lm_image_chunks_off_the_anchor_kernels(monkeypatch, caplog):
+    """A PrefixLM model (Gemma 3/4, PaliGemma, ...) attends the tokens of an image both ways
+    (``mm_req_doc_ranges``, which FA4 turns into ``mm_prefix_range_tensor``). A long prefill
+    chunk holding such a range runs FlashAttention, in fa_head/fa_tail with its ranges rebased;
+    a chunk whose images all lie in its cached context is plain causal and still anchors."""
+    import logging
+    from dataclasses import replace
+
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionBackend
+
+    from vllm_anchor.backend import AnchorBackend
+    # inherited from FLASH_ATTN (true where FA4 resolves): vLLM selects us for such models
+    assert AnchorBackend.supports_mm_prefix.__func__ is FlashAttentionBackend.supports_mm_prefix.__func__
+    b = _stub_builder(monkeypatch)
+    # a decode, then two long chunks: request 1 [35904, 40000), request 2 [27952, 30000)
+    cm = _cm([1, 4096, 2048], [5000, 40000, 30000], [False, True, True], width=2500)
+    with caplog.at_level(logging.INFO, logger="vllm_anchor"):
+        in_chunk = {0: [], 1: [(36000, 36255)], 2: [(10, 265)]}
+        md = b.build(0, replace(cm, mm_req_doc_ranges=in_chunk))
+        assert (md.anchor.token_start, md.anchor.token_end) == (1 + 4096, 1 + 4096 + 2048)
+        assert md.anchor.seq_lens.tolist() == [30000] and md.fa_tail is None
+        assert md.fa_head.requests == 2 and md.fa_head.mm_ranges == {0: [], 1: [(36000, 36255)]}
+        assert md.fa.requests == 3 and md.fa.mm_ranges == in_chunk  # the whole batch, as vLLM built it
+        straddles = {1: [(100, 355)], 2: [(27900, 28155)]}
+        md = b.build(0, replace(cm, mm_req_doc_ranges=straddles))
+        assert (md.anchor.token_start, md.anchor.token_end) == (1, 1 + 4096)
+        assert md.fa_tail.requests == 1 and md.fa_tail.mm_ranges == {0: [(27900, 28155)]}
+        both = {1: [(39990, 40100)], 2: [(29000, 29100)]}
+        md = b.build(0, replace(cm, mm_req_doc_ranges=both))
+        assert md.anchor is None and md.fa.mm_ranges == both
+    assert len([r for r in caplog.records if "PrefixLM" in r.getMessage()]) == 1
+    md = b.build(0, replace(cm, mm_req_doc_ranges={1: [(100, 355)], 2: [(10, 265)]}))  # images in the context
+    assert (md.anchor.token_start, md.anchor.token_end) == (1, 1 + 4096 + 2048) and md.fa_tail is None

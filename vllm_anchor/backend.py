@@ -34,7 +34,8 @@ from vllm_anchor.kernels.api import (AnchorWorkspace, _Call, density_parts, run_
                                      run_stripe_step, shared_workspace, step_workspace_nbytes)
 
 from .engine_profile import on_build as profile_step
-from .routing import DeferredDensity, DensityGuard, anchor_run, context_bucket, slice_requests
+from .routing import (DeferredDensity, DensityGuard, anchor_run, bidirectional_in_chunk, context_bucket,
+                      slice_requests)
 from .settings import AnchorSettings, load_settings
 from .stats import STATS
 
@@ -178,9 +179,24 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
 
     def _anchor_run(self, cm: CommonAttentionMetadata) -> tuple[int, int]:
         """Requests ``[start, end)`` that run anchor (``start == end``: none; see
-        :func:`routing.anchor_run`)."""
+        :func:`routing.anchor_run`).
+
+        The anchor kernels are strictly causal. A batch vLLM builds non-causal (``causal`` False:
+        all of it bidirectional; or a tensor of per-request causal flags, FA4's dynamic_causal,
+        which would take a device read to tell apart) runs wholly on FlashAttention, and so does
+        a request whose chunk holds a PrefixLM multimodal range
+        (:func:`routing.bidirectional_in_chunk`); FlashAttention gets them with ``causal`` and
+        the ranges as vLLM built them.
+        """
         none = (cm.num_reqs, cm.num_reqs)
         if not self._plans:
+            return none
+        if isinstance(cm.causal, torch.Tensor) or not cm.causal:
+            if not getattr(self, "_logged_non_causal", False):  # once, not every step
+                self._logged_non_causal = True
+                logger.info("vllm-anchor: non-causal batches (causal=%s) run stock FlashAttention: the anchor "
+                            "kernels are causal only", "per-request flags" if isinstance(cm.causal, torch.Tensor)
+                            else cm.causal)
             return none
         if cm.seq_lens_cpu_upper_bound is None:
             if not getattr(self, "_warned_no_lengths", False):  # once, not every step
@@ -192,8 +208,14 @@ class AnchorMetadataBuilder(FlashAttentionMetadataBuilder):
             cm, decode_threshold=self.reorder_batch_threshold)
         if num_prefills == 0:
             return none
-        return anchor_run(cm.query_start_loc_cpu[: cm.num_reqs + 1], cm.seq_lens_cpu_upper_bound[: cm.num_reqs],
-                          num_decodes, self.settings.min_seq_len, cm.is_prefilling)
+        qsl, seq_lens = cm.query_start_loc_cpu[: cm.num_reqs + 1], cm.seq_lens_cpu_upper_bound[: cm.num_reqs]
+        ranges = getattr(cm, "mm_req_doc_ranges", None)
+        bidirectional = bidirectional_in_chunk(qsl, seq_lens, ranges) if ranges else None
+        if bidirectional and any(bidirectional[num_decodes:]) and not getattr(self, "_logged_prefix_lm", False):
+            self._logged_prefix_lm = True
+            logger.info("vllm-anchor: prefill chunks holding bidirectional multimodal (PrefixLM) ranges run "
+                        "stock FlashAttention: the anchor kernels are causal only")
+        return anchor_run(qsl, seq_lens, num_decodes, self.settings.min_seq_len, cm.is_prefilling, bidirectional)
 
 
 class AnchorImpl(FlashAttentionImpl):

@@ -8,24 +8,28 @@ import torch
 
 
 def anchor_run(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor, num_decodes: int,
-               min_seq_len: int, is_prefilling: torch.Tensor | None = None) -> tuple[int, int]:
+               min_seq_len: int, is_prefilling: torch.Tensor | None = None,
+               bidirectional: list[bool] | None = None) -> tuple[int, int]:
     """Requests ``[start, end)`` that run anchor: ``(R, R)`` when none does.
 
     A request qualifies when it is a prefill (query length > 1, and still in its prompt where
     the model runner says so: a speculative-decoding step of a long conversation also has
     several query tokens, and is a decode) whose context after this chunk reaches
-    ``min_seq_len``. The anchor kernels take one contiguous slice of the batch, and
-    FlashAttention the requests before and after it, so the run taken is the contiguous run of
-    qualifying requests with the most query tokens (the first of equal ones); a qualifying
-    request outside it runs dense. vLLM orders a batch decodes, then chunked-prefill
-    continuations, then first chunks (V2: prefills by chunk length), so a short new prompt
-    often follows the long chunks: taking only a qualifying tail ran those dense.
+    ``min_seq_len``, and whose chunk vLLM attends causally: one flagged in ``bidirectional``
+    (:func:`bidirectional_in_chunk`) never qualifies, the anchor kernels being strictly causal.
+    The anchor kernels take one contiguous slice of the batch, and FlashAttention the requests
+    before and after it, so the run taken is the contiguous run of qualifying requests with the
+    most query tokens (the first of equal ones); a qualifying request outside it runs dense.
+    vLLM orders a batch decodes, then chunked-prefill continuations, then first chunks (V2:
+    prefills by chunk length), so a short new prompt often follows the long chunks: taking only
+    a qualifying tail ran those dense.
     """
     num_reqs = seq_lens_cpu.shape[0]
     q_lens = (query_start_loc_cpu[1:num_reqs + 1] - query_start_loc_cpu[:num_reqs]).tolist()
     seq_lens = seq_lens_cpu.tolist()
     prefilling = is_prefilling[:num_reqs].tolist() if is_prefilling is not None else [True] * num_reqs
-    ok = [i >= num_decodes and q_lens[i] > 1 and seq_lens[i] >= min_seq_len and prefilling[i]
+    causal = [not b for b in bidirectional[:num_reqs]] if bidirectional is not None else [True] * num_reqs
+    ok = [i >= num_decodes and q_lens[i] > 1 and seq_lens[i] >= min_seq_len and prefilling[i] and causal[i]
           for i in range(num_reqs)]
     best, best_tokens = (num_reqs, num_reqs), 0
     i = num_decodes
@@ -41,6 +45,25 @@ def anchor_run(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor, nu
             best, best_tokens = (i, j), tokens
         i = j
     return best
+
+
+def bidirectional_in_chunk(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor,
+                           mm_prefix_ranges: dict[int, list[tuple[int, int]]]) -> list[bool]:
+    """Per request: whether vLLM attends part of its query chunk bidirectionally (PrefixLM).
+
+    ``mm_prefix_ranges`` is ``CommonAttentionMetadata.mm_req_doc_ranges`` of a PrefixLM model
+    (Gemma 3/4, PaliGemma, ...): request index -> inclusive ``(start, end)`` token positions of
+    multimodal items whose tokens see each other both ways. FlashAttention (FA4's mask_mod)
+    adds "query and key in one range" to the causal mask, in absolute positions, and skips
+    ``start >= end``; so only a range that reaches the chunk ``[seq_len - query_len, seq_len)``
+    changes its queries' attention. One wholly in the cached context (an image of an earlier
+    chunk) leaves the chunk plain causal, and the chunk may still run anchor.
+    """
+    num_reqs = seq_lens_cpu.shape[0]
+    q_lens = (query_start_loc_cpu[1:num_reqs + 1] - query_start_loc_cpu[:num_reqs]).tolist()
+    seq_lens = seq_lens_cpu.tolist()
+    return [any(s < e and e >= seq_lens[i] - q_lens[i] for s, e in mm_prefix_ranges.get(i) or ())
+            for i in range(num_reqs)]
 
 
 def slice_requests(cm, start: int, end: int):
