@@ -34,6 +34,37 @@ def test_fits_when_the_tree_leaves_room_for_the_part(tmp_path):
 def test_refuses_when_the_tree_plus_the_part_is_over_64_mib(tmp_path):
     r = _run(_repo(tmp_path, 17 << 20, 48 << 20))
     assert r.returncode == 1 and "too large" in r.stderr
+    # 24 MiB pieces would still fit: say how (bench/gpu/halve_bundle.sh), and what is left then
+    assert "halve_bundle.sh" in r.stderr and "22 MiB left then" in r.stderr  # 64 - 17 - 24, less .gitignore, floored
+
+
+def test_names_no_pieces_when_even_24_mib_ones_would_not_fit(tmp_path):
+    r = _run(_repo(tmp_path, 41 << 20, 48 << 20))
+    assert r.returncode == 1 and "too large even for 24 MiB pieces" in r.stderr
+
+
+def test_halved_pieces_reassemble_into_the_parts_at_their_offsets(tmp_path):
+    """bench/gpu/halve_bundle.sh: every part cut into 24 MiB pieces, and the printed dd commands
+    (run here, one of them twice, as a repeated device call would) rebuild each part exactly."""
+    import hashlib
+    import os
+    import re
+    repo = _repo(tmp_path, 1 << 20, 0)
+    data = {"part-00": os.urandom((48 << 20) - 5), "model-00": os.urandom(3 << 20)}
+    for name, blob in data.items():
+        (repo / ".gpu" / name).write_bytes(blob)
+    script = SCRIPT.parent / "halve_bundle.sh"
+    r = subprocess.run(["bash", str(script)], cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (repo / ".gpu" / "half").iterdir()) == ["model-00.0", "part-00.0", "part-00.1"]
+    cmds = [re.sub(r"/tmp/gpu", str(tmp_path / "dest"), line.split(": ", 1)[1].split(" && bash")[0])
+            for line in r.stdout.splitlines() if line.startswith("  carry")]
+    assert len(cmds) == 3 and '".gpu/bin"' in r.stdout.splitlines()[-1]
+    for cmd in cmds + cmds[1:2]:
+        subprocess.run(["bash", "-c", cmd], cwd=repo, check=True)
+    for name, blob in data.items():
+        got = (tmp_path / "dest" / name).read_bytes()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest(), name
 
 
 def test_a_tracked_file_deleted_in_the_working_tree_is_left_out(tmp_path):

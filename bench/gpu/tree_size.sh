@@ -17,6 +17,12 @@ left=$((limit - tree - part))
 awk -v t="$tree" -v p="$part" -v l="$left" 'BEGIN {m = 1048576
   printf "tree %.1f MiB + largest install part %.1f MiB = %.1f of 64 MiB (%.1f MiB left)\n", t / m, p / m, (t + p) / m, l / m}'
 if [ "$left" -lt 0 ]; then
-  echo "too large: gzip or move large untracked results (bench/results/README.md) before the install calls" >&2
+  half=$((limit - tree - 24 * 1048576))
+  if [ "$half" -ge 0 ]; then
+    echo "too large for the 48 MiB parts: install from 24 MiB pieces (bash bench/gpu/halve_bundle.sh" \
+         "prints the calls; $((half / 1048576)) MiB left then), or gzip large untracked results" >&2
+  else
+    echo "too large even for 24 MiB pieces: gzip or move large untracked results (bench/results/README.md)" >&2
+  fi
   exit 1
 fi
