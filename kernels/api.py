@@ -76,15 +76,18 @@ def _default_launch_opts(head_dim: int, device: torch.device) -> dict:
                 "tail": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
     if head_dim <= 64:  # bench/results/tune_smollm2_shape_{h200,rows_h100}.json (9 q / 3 kv heads, 32k)
         # Scan: 128-key blocks, 2 stages, at the 2048-token segments: 1.04 vs 1.60 ms at 131072 tokens,
-        # 0.197 vs 0.269 ms at 32768 (lease28_h100/scan_served/); served at 128k, median TTFT 716.6 vs
-        # 733.8 ms beside the 64-key, 3-stage launch (8 prompts each, interleaved).
+        # 0.197 vs 0.269 ms at 32768 (lease28_h100/scan_served/, 0.3 s per point); the 0.2 s sweep
+        # before it had this launch slower at 32768 (0.291 vs 0.274 ms, lease28_h100/scan_tune/).
+        # Served at 128k beside the 64-key, 3-stage launch: median TTFT 716.6 vs 733.8 ms (8 prompts
+        # each, interleaved; the speed-up's 95% CI [0.979, 1.090] includes 1).
         return {"anchor": {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2, **rescale},
                 "sparse": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2, **rescale},
                 "scan": {"BLOCK_N": 128, "num_warps": 4, "num_stages": 2}, "tail": tail}
     # 256 rows per program (plan.default_rows), two warpgroups: bench/results/sparse_tiles_h100/
     # (32 q / 8 kv heads, 128k, 10% density: anchor 8.9 vs 9.5 ms, sparse 31.7 vs 34.7 ms at 128 rows).
-    # Scan: 128-key blocks, unpipelined (num_stages 1), the fastest of 48 launches at 128k:
-    # 3.89 vs 5.64 ms for the 64-key, 3-stage one (lease28_h100/scan_tune/).
+    # Scan: 128-key blocks, unpipelined (num_stages 1): at 128k and the default 4096-token segments
+    # 3.89 vs 5.64 ms for the 64-key, 3-stage launch; the fastest of the 48 swept, 3.86 ms, is this
+    # launch at 2048-token segments (lease28_h100/scan_tune/).
     return {"anchor": {"BLOCK_N": 64, "num_warps": 8, "num_stages": 2, **rescale},
             "sparse": {"BLOCK_N": 128, "num_warps": 8, "num_stages": 3, **rescale},
             "scan": {"BLOCK_N": 128, "num_warps": 4, "num_stages": 1}, "tail": tail}

@@ -10,8 +10,11 @@ this. Example::
 Entries are ``KERNEL.OPTION=VALUE`` separated by spaces or commas; KERNEL is one of anchor, sparse,
 scan, tail; OPTION one of BLOCK_N, num_warps, num_stages, plus ``scan.segment_tokens`` (candidate
 keys per stripe-scan program). They apply to every head size, on the GPU only: the CPU interpreter
-keeps its small blocks. Read once, at import; a bad entry raises ``ValueError`` naming the variable,
-so a worker fails at start-up, not mid-request.
+keeps its small blocks. Read once, at import; a bad entry raises ``ValueError`` naming the variable.
+An entry that passes but does not compile (say, blocks too large for shared memory) stops start-up
+too: the backend's warm-up compiles every kernel and, with this variable set, raises on failure.
+Ray workers receive the variable: the plugin adds ``ANCHOR_KERNELS_`` to the prefixes vLLM copies
+to them (``VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY``).
 """
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ _WARPS = (1, 2, 4, 8, 16)
 def _check(kernel: str, option: str, value: int, entry: str) -> None:
     """Raise unless ``value`` is one Triton (and our kernels' tiling) accepts for ``option``."""
     bad = None
-    if option == "BLOCK_N" and (value < 16 or value & (value - 1)):
-        bad = "a power of two >= 16"
+    if option == "BLOCK_N" and (value < 16 or value > 256 or value & (value - 1)):
+        bad = "a power of two from 16 to 256"
     elif option == "num_warps" and value not in _WARPS:
         bad = f"one of {', '.join(map(str, _WARPS))}"
     elif option == "num_stages" and not 1 <= value <= 8:

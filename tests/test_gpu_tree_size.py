@@ -56,10 +56,13 @@ def test_halved_pieces_reassemble_into_the_parts_at_their_offsets(tmp_path):
     script = SCRIPT.parent / "halve_bundle.sh"
     r = subprocess.run(["bash", str(script)], cwd=repo, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (repo / ".gpu" / "half").iterdir()) == ["model-00.0", "part-00.0", "part-00.1"]
-    cmds = [re.sub(r"/tmp/gpu", str(tmp_path / "dest"), line.split(": ", 1)[1].split(" && bash")[0])
+    assert sorted(p.name for p in (repo / ".gpu" / "half").iterdir()) == ["model-00.00", "part-00.00", "part-00.01"]
+    cmds = [re.sub(r"/tmp/gpu", str(tmp_path / "dest"), line.split(": ", 1)[1].split(" && (bash")[0])
             for line in r.stdout.splitlines() if line.startswith("  carry")]
     assert len(cmds) == 3 and '".gpu/bin"' in r.stdout.splitlines()[-1]
+    assert "install rc=" in r.stdout.splitlines()[-1]  # a failed install shows through the tail
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "part-00").write_bytes(os.urandom(50 << 20))  # a longer stale file from a failed try
     for cmd in cmds + cmds[1:2]:
         subprocess.run(["bash", "-c", cmd], cwd=repo, check=True)
     for name, blob in data.items():

@@ -19,6 +19,7 @@ def test_parse_reads_kernel_options_and_the_scan_segment():
 @pytest.mark.parametrize("text,why", [
     ("scan.BLOCK_N=100", "power of two"),
     ("scan.BLOCK_N=8", "power of two"),
+    ("sparse.BLOCK_N=512", "from 16 to 256"),
     ("scan.num_warps=3", "one of 1, 2, 4, 8, 16"),
     ("anchor.num_stages=0", "between 1 and 8"),
     ("scan.segment_tokens=1000", "multiple of 16"),
@@ -66,7 +67,7 @@ def test_variable_is_read_at_import_and_a_bad_one_stops_it():
                                  "'scan.BLOCK_N=128 scan.segment_tokens=1024'")
     bad = _import_with("scan.BLOCK_N=96")
     assert bad.returncode != 0
-    assert "ANCHOR_KERNELS_LAUNCH: 'scan.BLOCK_N=96': scan.BLOCK_N must be a power of two >= 16" in bad.stderr
+    assert "ANCHOR_KERNELS_LAUNCH: 'scan.BLOCK_N=96': scan.BLOCK_N must be a power of two from 16 to 256" in bad.stderr
 
 
 def test_launcher_checks_the_variable_before_starting_vllm():
@@ -84,3 +85,21 @@ def test_plugin_registration_stops_on_a_bad_variable():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0
     assert "ANCHOR_KERNELS_LAUNCH: 'sparse.num_stages=9': sparse.num_stages must be between 1 and 8" in run.stderr
+
+
+def test_ray_workers_get_the_kernel_switches(monkeypatch):
+    """vLLM copies only its own prefixes to Ray workers; the plugin adds ANCHOR_KERNELS_ to the
+    additive list, keeping what the operator put there, and only once."""
+    from vllm.ray.ray_env import get_env_vars_to_copy
+
+    from vllm_anchor.plugin import RAY_PREFIXES_ENV, _ray_copies_kernel_switches
+    monkeypatch.setenv("ANCHOR_KERNELS_LAUNCH", "scan.BLOCK_N=128")
+    monkeypatch.setenv(RAY_PREFIXES_ENV, "MY_")
+    assert "ANCHOR_KERNELS_LAUNCH" not in get_env_vars_to_copy()
+    _ray_copies_kernel_switches()
+    _ray_copies_kernel_switches()
+    assert os.environ[RAY_PREFIXES_ENV] == "MY_,ANCHOR_KERNELS_"
+    assert "ANCHOR_KERNELS_LAUNCH" in get_env_vars_to_copy()
+    monkeypatch.delenv(RAY_PREFIXES_ENV)
+    _ray_copies_kernel_switches()
+    assert os.environ[RAY_PREFIXES_ENV] == "ANCHOR_KERNELS_"

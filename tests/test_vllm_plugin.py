@@ -682,6 +682,74 @@ def test_backend_runs_stock_attention_when_the_anchor_path_fails(monkeypatch, ca
     assert len([r for r in caplog.records if "anchor path failed" in r.getMessage()]) == 1  # once, not per call
 
 
+def test_a_triton_error_in_the_anchor_path_runs_stock_attention(monkeypatch, caplog):
+    """Triton's compile and shared-memory errors (OutOfResources) are not RuntimeErrors: one
+    raised inside the anchor path (a launch that does not fit, first met mid-request) must run
+    stock attention like any other failure, not take the engine down."""
+    import logging
+
+    from triton.runtime.errors import OutOfResources
+
+    case, cfg, impl, plan, stock_calls = _guarded_impl(monkeypatch, seed=7)
+    from vllm_anchor.backend import AnchorImpl, AnchorMetadata, AnchorPrefillMetadata
+    from vllm_anchor.stats import STATS
+
+    def no_room(self, *args, **kwargs):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(AnchorImpl, "_forward_anchor", no_room)
+    impl.settings = AnchorSettings(kernel=cfg, density_guard=1.0)
+    layer = type("Layer", (), {"layer_name": "model.layers.5.self_attn.attn"})()
+    md = AnchorMetadata(fa="whole-batch FA", fa_head=None,
+                        anchor=AnchorPrefillMetadata(plan, case.block_table, 0, case.q.shape[0], 160))
+    try:
+        with caplog.at_level(logging.WARNING, logger="vllm_anchor"):
+            out = torch.full_like(case.q, float("nan"))
+            impl.forward(layer, case.q, None, None, case.kv_cache, md, out)
+            assert (out == 7.0).all()
+    finally:
+        STATS.reset()
+        STATS.auto_flush = True
+    assert stock_calls == ["whole-batch FA"] and impl._failures == 1
+    assert any("OutOfResources" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("overrides", ["", "sparse.BLOCK_N=256 sparse.num_stages=8"])
+def test_warm_up_failure_stops_start_up_only_under_launch_overrides(monkeypatch, caplog, overrides):
+    """The warm-up compiles every kernel before the first request. Without ANCHOR_KERNELS_LAUNCH a
+    failure there is logged and the first request compiles (as before); with it, the operator's
+    launch options are the likely cause, so start-up stops naming them rather than failing (or
+    silently running stock) on every long request."""
+    import logging
+
+    from triton.runtime.errors import OutOfResources
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
+
+    from vllm_anchor import backend
+    from vllm_anchor.kernels import launch_env
+
+    opts, seg = launch_env.parse(overrides)
+    monkeypatch.setattr(launch_env, "LAUNCH_OVERRIDES", opts)
+    monkeypatch.setattr(launch_env, "SEGMENT_TOKENS_OVERRIDE", seg)
+    monkeypatch.setattr(FlashAttentionImpl, "process_weights_after_loading", lambda self, dtype: None)
+    monkeypatch.setattr(backend.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(backend.torch.cuda, "current_device", lambda: 0)
+
+    def no_room(*args, **kwargs):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(backend, "warm_up", no_room)
+    impl = backend.AnchorImpl(4, 128, 128 ** -0.5, 2, None, None, "auto")
+    with caplog.at_level(logging.WARNING, logger="vllm_anchor"):
+        if overrides:
+            with pytest.raises(ValueError, match=r"do not compile with ANCHOR_KERNELS_LAUNCH='sparse.BLOCK_N=256 "
+                                                 r"sparse.num_stages=8' for 4/2 heads, head size 128"):
+                impl.process_weights_after_loading(torch.bfloat16)
+        else:
+            impl.process_weights_after_loading(torch.bfloat16)
+            assert any("kernel warm-up failed" in r.getMessage() for r in caplog.records)
+
+
 def test_memory_profile_holds_the_anchor_workspace_until_the_first_real_step(monkeypatch):
     """In vLLM's memory-profiling forward attention gets no metadata, so the anchor path does not
     run; the backend holds the largest step's workspace there instead (once per process, not per
@@ -911,9 +979,13 @@ def test_bidirectional_in_chunk_reads_prefix_lm_ranges_against_the_query_chunk()
     qsl, seq = _qsl([1, 4096, 4096, 4096, 4096]), torch.tensor([50, 40000, 40000, 40000, 40000])
     ranges = {0: [(0, 40)],                      # a decode's image, long in its context
               1: [(100, 355), (36000, 36000)],   # before the chunk [35904, 40000); a 1-token one: none
-              2: [(35800, 35904)],               # reaches the chunk's first token
+              2: [(35800, 35905)],               # reaches past the chunk's first token
               3: [(100, 355), (39000, 39255)]}   # one of two inside the chunk; request 4: no entry
     assert bidirectional_in_chunk(qsl, seq, ranges) == [False, False, True, True, False]
+    # ending at the chunk's first token (that query sees no key past itself), or wholly after the
+    # chunk (a later chunk's image), the chunk is plain causal
+    assert bidirectional_in_chunk(qsl, seq, {2: [(35800, 35904)], 3: [(40000, 40255)]}) == [False] * 5
+    assert bidirectional_in_chunk(qsl, seq, {3: [(39999, 40255)]}) == [False, False, False, True, False]
     assert bidirectional_in_chunk(qsl, seq, {}) == [False] * 5
     assert bidirectional_in_chunk(qsl, seq, {1: []}) == [False] * 5
 

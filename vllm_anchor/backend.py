@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+from triton.errors import TritonError
 from vllm.config import get_current_vllm_config_or_none
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
 from vllm.v1.attention.backends.flash_attn import (FlashAttentionBackend, FlashAttentionImpl,
@@ -301,6 +302,10 @@ class AnchorImpl(FlashAttentionImpl):
                             self.num_heads, self.num_kv_heads, self.head_size, act_dtype,
                             f" ({launch_env.ENV}: {launch_env.describe()})" if launch_env.describe() else "")
         except Exception as e:  # never block start-up on a warm-up; the first request compiles
+            if launch_env.describe():  # unless the operator's launch options are what fails to compile
+                raise ValueError(f"vllm-anchor: the kernels do not compile with {launch_env.ENV}="
+                                 f"{launch_env.describe()!r} for {self.num_heads}/{self.num_kv_heads} heads, "
+                                 f"head size {self.head_size}: {e!r}") from e
             logger.warning("vllm-anchor: kernel warm-up failed (%r); compiling on first use", e)
 
     def _measure_and_record(self, name: str, plan: AnchorPlan, ws, key) -> bool:
@@ -360,7 +365,8 @@ class AnchorImpl(FlashAttentionImpl):
             return super().forward(layer, query, key, value, kv_cache, md.fa, output)
         try:
             return self._forward_anchor(layer, query, key, value, kv_cache, md, output, name, bucket)
-        except (ValueError, RuntimeError) as e:  # RuntimeError includes torch.OutOfMemoryError
+        except (ValueError, RuntimeError, TritonError) as e:  # torch.OutOfMemoryError is a RuntimeError;
+            # Triton's compile and shared-memory errors (OutOfResources) are not
             # never fail a request over the sparse path: stock attention recomputes every row
             self._failures += 1
             if self._failures == 1 or self._failures % 1000 == 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 BACKEND_PATH = "vllm_anchor.backend.AnchorBackend"
 
@@ -27,6 +28,19 @@ def _log_through_vllm() -> None:
     ours.propagate = False
 
 
+RAY_PREFIXES_ENV = "VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"
+
+
+def _ray_copies_kernel_switches() -> None:
+    """Have vLLM copy ``ANCHOR_KERNELS_*`` (launch options and A/B switches, read by the kernels
+    in each worker) to Ray workers: vLLM copies only its own prefixes (``VLLM_``, ``HF_``, ...)
+    and the ones this additive, comma-separated variable names; the ``VLLM_ANCHOR_*`` settings
+    already travel."""
+    have = [t.strip() for t in os.environ.get(RAY_PREFIXES_ENV, "").split(",") if t.strip()]
+    if "ANCHOR_KERNELS_" not in have:
+        os.environ[RAY_PREFIXES_ENV] = ",".join(have + ["ANCHOR_KERNELS_"])
+
+
 def register() -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
@@ -38,6 +52,7 @@ def register() -> None:
     load_settings()  # a bad VLLM_ANCHOR_* variable stops start-up here, with its name
     step_profiler_from_env()  # and so does a bad VLLM_ANCHOR_PROFILE_* one
     importlib.import_module("vllm_anchor.kernels.launch_env")  # and a bad ANCHOR_KERNELS_LAUNCH
+    _ray_copies_kernel_switches()
     ensure_stats_dir_and_collector()  # before vLLM starts its engine processes, which inherit it
     register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
     # `--attention-backend anchor` is upper-cased and looked up in the enum's member map;

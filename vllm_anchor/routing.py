@@ -55,14 +55,17 @@ def bidirectional_in_chunk(query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torc
     (Gemma 3/4, PaliGemma, ...): request index -> inclusive ``(start, end)`` token positions of
     multimodal items whose tokens see each other both ways. FlashAttention (FA4's mask_mod)
     adds "query and key in one range" to the causal mask, in absolute positions, and skips
-    ``start >= end``; so only a range that reaches the chunk ``[seq_len - query_len, seq_len)``
-    changes its queries' attention. One wholly in the cached context (an image of an earlier
-    chunk) leaves the chunk plain causal, and the chunk may still run anchor.
+    ``start >= end``; so only a range that overlaps the chunk ``[c0, seq_len)``,
+    ``c0 = seq_len - query_len``, beyond its first token (a query at ``e`` or a range ending at
+    ``c0`` sees no key past itself) changes its queries' attention: ``s < e``, ``e > c0`` and
+    ``s < seq_len``. One wholly in the cached context (an image of an earlier chunk) or wholly
+    after the chunk (a later chunk's image: vLLM never splits a PrefixLM model's image across
+    chunks) leaves the chunk plain causal, and the chunk may still run anchor.
     """
     num_reqs = seq_lens_cpu.shape[0]
     q_lens = (query_start_loc_cpu[1:num_reqs + 1] - query_start_loc_cpu[:num_reqs]).tolist()
     seq_lens = seq_lens_cpu.tolist()
-    return [any(s < e and e >= seq_lens[i] - q_lens[i] for s, e in mm_prefix_ranges.get(i) or ())
+    return [any(s < e and e > seq_lens[i] - q_lens[i] and s < seq_lens[i] for s, e in mm_prefix_ranges.get(i) or ())
             for i in range(num_reqs)]
 
 

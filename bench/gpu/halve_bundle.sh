@@ -14,16 +14,19 @@ piece_mib=24
 ls .gpu/part-* .gpu/model-* >/dev/null 2>&1 || { echo "no .gpu/ bundle: bash ../shared/gpu/build-bundle.sh first" >&2; exit 1; }
 rm -rf .gpu/half && mkdir -p .gpu/half
 for part in .gpu/part-* .gpu/model-*; do
-  split -b ${piece_mib}M -d -a 1 "$part" ".gpu/half/$(basename "$part")."
+  split -b ${piece_mib}M -d -a 2 "$part" ".gpu/half/$(basename "$part")."
 done
-pieces=(.gpu/half/*.[0-9])
+pieces=(.gpu/half/*.[0-9][0-9])
 echo "${#pieces[@]} pieces of at most $piece_mib MiB; the calls (kind nvidia-h100-x1 on the first):"
 last=${pieces[-1]}
 for p in "${pieces[@]}"; do
-  name=$(basename "$p"); part=${name%.*}; index=${name##*.}
+  name=$(basename "$p"); part=${name%.*}; index=$((10#${name##*.}))
+  size=$(stat -c %s ".gpu/$part")
+  # truncate to at most the part's size: a longer stale file there (an earlier, failed try) would fail the checksum for good
   cmd="mkdir -p /tmp/gpu && dd if=$p of=/tmp/gpu/$part bs=1M seek=$((index * piece_mib)) conv=notrunc status=none"
+  cmd="$cmd && truncate -s '<$size' /tmp/gpu/$part"
   if [ "$p" = "$last" ]; then
-    echo "  carry [\"$p\", \".gpu/bin\"]: $cmd && bash .gpu/bin/install.sh 2>&1 | tail -3"
+    echo "  carry [\"$p\", \".gpu/bin\"]: $cmd && (bash .gpu/bin/install.sh; echo \"install rc=\$?\") 2>&1 | tail -4"
   else
     echo "  carry [\"$p\"]: $cmd"
   fi
