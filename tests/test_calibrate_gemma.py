@@ -223,3 +223,47 @@ def test_gemma_calibrate_sliding_only_subset_has_no_recommendation(gemma_dir, tm
     assert res["recommended_theta"] is None
     assert "no anchored layer" in res["recommendation_note"]
     assert res["results"][0]["recommendation"]["summary"] == []
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_sinks_attention_matches_transformers_gpt_oss_eager_path(window):
+    """gpt-oss's learned sinks: one more softmax column per head that holds no value. transformers'
+    SDPA path drops it, so calibrate computes such layers itself; it must equal the model's own
+    eager attention (with its causal, optionally sliding, additive mask)."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 4, 19, 8, generator=g)
+    k, v = (torch.randn(1, 2, 19, 8, generator=g) for _ in range(2))
+    module = torch.nn.Module()
+    module.sinks = torch.nn.Parameter(torch.randn(4, generator=g) * 2)
+    module.num_key_value_groups = 2
+    i, j = torch.arange(19)[:, None], torch.arange(19)[None, :]
+    allowed = (j <= i) & ((j > i - window) if window else True)
+    mask = torch.zeros(19, 19).masked_fill(~allowed, float("-inf"))[None, None]
+    with torch.no_grad():
+        want, _ = eager_attention_forward(module, q, k, v, mask, 0.3)
+        for chunk in (6, 64):
+            out, _ = cal.sliding_window_attention(q, k, v, 0.3, window, chunk=chunk, sinks=module.sinks)
+            assert torch.allclose(out, want, atol=1e-5), chunk
+        plain, _ = cal.sliding_window_attention(q, k, v, 0.3, window)
+    assert not torch.allclose(plain, want, atol=1e-3)  # the sinks matter at these values
+
+
+def test_capture_runs_sink_and_wide_head_layers_and_skips_them():
+    """Layers the backend leaves on stock attention are not measured: learned sinks (computed here
+    with the sinks, which SDPA would drop) and head size > 256 (computed by SDPA as usual)."""
+    store = {"captured": {}, "info": {}, "layers": None}
+    capture = cal.make_capture(store)
+    g = torch.Generator().manual_seed(3)
+    sinks = torch.randn(2, generator=g)
+    module = type("Attn", (), {"layer_idx": 1, "scaling": 0.25, "sinks": sinks})()
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
+    with torch.no_grad():
+        out, _ = capture(module, q, k, v, None, scaling=0.25, s_aux=sinks)
+        want, _ = cal.sliding_window_attention(q, k, v, 0.25, None, sinks=sinks)
+    assert torch.equal(out, want) and store["info"][1]["skipped"] == cal.SINKS_REASON
+    wide = type("Attn", (), {"layer_idx": 2, "scaling": 0.05, "is_causal": True})()
+    q, k, v = (torch.randn(1, 2, 8, 320, generator=g) for _ in range(3))
+    capture(wide, q, k, v, None, scaling=0.05, is_causal=True)
+    assert store["info"][2]["skipped"] == cal.HEAD_SIZE_REASON and store["info"][2]["head_dim"] == 320
+    assert not store["captured"]

@@ -22,8 +22,9 @@ Every layer is measured with the softmax scale its attention module really uses 
 it hands to the attention function: Gemma-3 uses ``query_pre_attn_scalar ** -0.5``, not
 necessarily ``1/sqrt(head_dim)``), on Q/K after any q/k norm and RoPE. Layers that the vLLM
 backend runs with stock attention (sliding-window layers, e.g. Gemma-3's 5-of-6 local layers;
-logit soft-cap) are reported under ``skipped_layers`` and measured nowhere; their own forward uses
-a chunked sliding-window attention (exactly transformers' window, never a full S x S mask).
+logit soft-cap; gpt-oss's learned sinks; head size > 256) are reported under ``skipped_layers``
+and measured nowhere; their own forward uses a chunked sliding-window attention (exactly
+transformers' window, never a full S x S mask), with the soft-cap or the sinks applied.
 
 The recommendation is the smallest theta (the sparsest) whose mean recall over the anchored layers
 is at least ``--target-recall``, whose worst anchored layer's mean recall is at least ``--floor``,
@@ -81,15 +82,19 @@ def corpus_ids(tokenizer, n: int, corpus: str = "auto") -> list[int]:
 
 SLIDING_REASON = "sliding window: stock attention"
 SOFTCAP_REASON = "logit soft-cap: stock attention"
+SINKS_REASON = "learned attention sinks: stock attention"
+HEAD_SIZE_REASON = "head size > 256: stock attention"
 
 
 def sliding_window_attention(query, key, value, scaling: float, window: int | None, chunk: int = 512,
-                             softcap: float | None = None):
+                             softcap: float | None = None, sinks: torch.Tensor | None = None):
     """Causal (sliding-window) attention, query chunk by query chunk (never an ``S x S`` mask).
 
     Query ``i`` sees keys ``i - window < j <= i`` (transformers' ``sliding_window_overlay``), or
     every ``j <= i`` with ``window`` None. ``softcap``: Gemma-2's logit soft-cap, scores
     ``softcap * tanh(s / softcap)`` before the softmax (transformers' SDPA path refuses it).
+    ``sinks``: gpt-oss's learned sink logit per head, one more softmax column that holds no
+    value (transformers' eager path; its SDPA path drops it).
     ``query`` [B, H, S, D], ``key``/``value`` [B, Hkv, S, D]; returns ``[B, S, H, D]`` like
     transformers' attention functions.
     """
@@ -107,10 +112,17 @@ def sliding_window_attention(query, key, value, scaling: float, window: int | No
             mask &= j > i - window
         k = key[:, :, k0:e].repeat_interleave(rep, 1)
         v = value[:, :, k0:e].repeat_interleave(rep, 1)
-        if softcap:
+        if softcap or sinks is not None:
             scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, s:e].float(), k.float()) * scaling
-            scores = (softcap * torch.tanh(scores / softcap)).masked_fill(~mask, float("-inf"))
-            o = torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v.float()).to(query.dtype)
+            if softcap:
+                scores = softcap * torch.tanh(scores / softcap)
+            scores = scores.masked_fill(~mask, float("-inf"))
+            if sinks is not None:
+                sink = sinks.float().reshape(1, h, 1, 1).expand(b, h, e - s, 1)
+                probs = torch.cat([scores, sink], -1).softmax(-1)[..., :-1]
+            else:
+                probs = scores.softmax(-1)
+            o = torch.einsum("bhqk,bhkd->bhqd", probs, v.float()).to(query.dtype)
         else:
             o = F.scaled_dot_product_attention(query[:, :, s:e], k, v, attn_mask=mask, scale=scaling)
         out[:, s:e] = o.transpose(1, 2)
@@ -134,21 +146,29 @@ def make_capture(store: dict):
             scaling = query.shape[-1] ** -0.5
         window = kw.get("sliding_window")
         softcap = kw.get("softcap") or getattr(module, "attn_logit_softcapping", None)
+        sinks = kw.get("s_aux")
+        if sinks is None:
+            sinks = getattr(module, "sinks", None)
         info = {"layer": int(idx), "scale": float(scaling), "num_heads": int(query.shape[1]),
                 "num_kv_heads": int(key.shape[1]), "head_dim": int(query.shape[-1])}
         if window is not None:
             info.update(skipped=SLIDING_REASON, sliding_window=int(window))
         elif softcap:
             info.update(skipped=SOFTCAP_REASON, softcap=float(softcap))
+        elif sinks is not None:
+            info.update(skipped=SINKS_REASON)
+        elif query.shape[-1] > 256:
+            info.update(skipped=HEAD_SIZE_REASON)
         store["info"][int(idx)] = info
         if "skipped" not in info and (store["layers"] is None or idx in store["layers"]):
             # [B, H, S, D] -> [S, H, D]; K/V keep their KV heads (GQA not expanded)
             store["captured"][int(idx)] = tuple(
                 t[0].transpose(0, 1).to("cpu", torch.float32).contiguous()
                 for t in (query, key, value))
-        if softcap:  # transformers' SDPA path refuses a soft-cap: causal (windowed) attention here
+        if softcap or sinks is not None:  # SDPA refuses a soft-cap and drops sinks: computed here
             return sliding_window_attention(query, key, value, float(scaling),
-                                            None if window is None else int(window), softcap=float(softcap))
+                                            None if window is None else int(window),
+                                            softcap=float(softcap) if softcap else None, sinks=sinks)
         if window is not None and attention_mask is None:
             # no mask is built for a custom attention function: apply the window here
             return sliding_window_attention(query, key, value, float(scaling), int(window))
