@@ -222,3 +222,19 @@ def test_plan_tables_reach_the_gpu_whole_and_16_byte_aligned():
         g = getattr(gpu, name)
         assert g.is_cuda and g.data_ptr() % 16 == 0, name
         assert torch.equal(g.cpu(), getattr(cpu, name)), name
+
+
+def test_launch_options_that_do_not_fit_raise_a_triton_error(monkeypatch):
+    """ANCHOR_KERNELS_LAUNCH may ask for blocks too large for shared memory: 256-key blocks of
+    head_dim 256, 8 stages deep, need over 1 MiB against the H100's 228 KiB. Triton raises its own
+    error class for that (OutOfResources, not a RuntimeError): the backend's warm-up turns it into
+    a start-up error naming the variable, and its forward into stock attention, only because it
+    catches TritonError (tests/test_vllm_plugin.py mocks it; this is the real one)."""
+    from triton.errors import TritonError
+
+    from vllm_anchor.kernels import api, warm_up
+    big = {"BLOCK_N": 256, "num_stages": 8}
+    monkeypatch.setattr(api, "LAUNCH_OVERRIDES", {"anchor": big, "sparse": big})
+    monkeypatch.setattr(api, "_warmed", set())  # compile even where an earlier test warmed the shape
+    with pytest.raises(TritonError):
+        warm_up(8, 2, 256, torch.bfloat16, AnchorConfig(), "cuda")
