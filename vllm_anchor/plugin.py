@@ -51,7 +51,8 @@ def register() -> None:
     _log_through_vllm()
     load_settings()  # a bad VLLM_ANCHOR_* variable stops start-up here, with its name
     step_profiler_from_env()  # and so does a bad VLLM_ANCHOR_PROFILE_* one
-    importlib.import_module("vllm_anchor.kernels.launch_env")  # and a bad ANCHOR_KERNELS_LAUNCH
+    if os.environ.get("ANCHOR_KERNELS_LAUNCH"):  # and a bad ANCHOR_KERNELS_LAUNCH (parsed at import;
+        importlib.import_module("vllm_anchor.kernels.launch_env")  # the kernels load only when it is set)
     _ray_copies_kernel_switches()
     ensure_stats_dir_and_collector()  # before vLLM starts its engine processes, which inherit it
     register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
