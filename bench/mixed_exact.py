@@ -24,13 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exact_http import complete  # noqa: E402  (one greedy completion with its logprobs)
+from exact_http import cache_warning, complete_with_usage  # noqa: E402  (one greedy completion)
 
 
 def send_together(base: str, prompts: list[list[int]], max_tokens: int, stagger_s: float = 0.005,
-                  complete_fn=complete) -> list[tuple[list[str], list[float]]]:
+                  complete_fn=complete_with_usage) -> list[tuple[list[str], list[float], int | None]]:
     """All prompts at once, in list order (each ``stagger_s`` after the one before, so the server
-    sees them in that order and schedules them in one step)."""
+    sees them in that order and schedules them in one step): each one's tokens, logprobs and
+    prompt tokens answered from the prefix cache."""
     def one(i):
         time.sleep(i * stagger_s)
         return complete_fn(base, prompts[i], max_tokens)
@@ -40,7 +41,7 @@ def send_together(base: str, prompts: list[list[int]], max_tokens: int, stagger_
 
 def compare(a: tuple[list[str], list[float]], b: tuple[list[str], list[float]], tol: float) -> dict:
     """Token-by-token comparison of two greedy continuations (as bench/exact_http.py)."""
-    (tok_a, lp_a), (tok_b, lp_b) = a, b
+    (tok_a, lp_a), (tok_b, lp_b) = a[:2], b[:2]
     first_diff = next((i for i, (x, y) in enumerate(zip(tok_a, tok_b)) if x != y), None)
     if first_diff is None and len(tok_a) != len(tok_b):
         first_diff = min(len(tok_a), len(tok_b))
@@ -80,8 +81,14 @@ def main(argv=None) -> int:
         prompts = [builder.build(n, key=f"{r}/{i}").ids for i, n in enumerate(lengths)]
         out_a = send_together(a.a, prompts, a.max_tokens)
         out_b = send_together(a.b, prompts, a.max_tokens)
-        rows = [{"prompt_tokens": n, **compare(x, y, a.tol)} for n, x, y in zip(lengths, out_a, out_b)]
+        rows = [{"prompt_tokens": n, **compare(x, y, a.tol), "cached_prompt_tokens_a": x[2],
+                 "cached_prompt_tokens_b": y[2]} for n, x, y in zip(lengths, out_a, out_b)]
         rounds.append({"round": r, "requests": rows})
+        for server, key in ((a.a, "cached_prompt_tokens_a"), (a.b, "cached_prompt_tokens_b")):
+            cached = sum(row[key] or 0 for row in rows)
+            line = cache_warning(f"{server} (round {r})", cached, sum(lengths))
+            if line:
+                print(line)
         for row in rows:
             ok &= row["ok"]
             print(f"round {r}: {row['prompt_tokens']:>6}-token prompt, {row['generated']} greedy tokens: "
