@@ -20,7 +20,7 @@ job_results exact_floor exact_floor
 echo "== $GPU_NAME"; date
 [ "${GPU_TESTS:-1}" = 1 ] && gpu_suite 230
 smollm2_common 32k
-VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8001 '{"theta": "inf", "min_seq_len": 4096, "density_guard": 1.0}'; P1=$!
+VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8001 "$EXACT_ANCHOR"; P1=$!
 serve_fa 8002; P2=$!
 serve_fa 8005; P5=$!
 serve_fa 8006 --max-num-batched-tokens 8192; P6=$!
@@ -28,9 +28,7 @@ servers_up 360 8001:$P1 8002:$P2 8005:$P5 8006:$P6
 lap "servers up"
 for port in 8005 8006 8001; do
   echo "== mixed traffic, $port against 8002 (the prompts of routing_job.sh's V1 run: seed 8001)"
-  timeout 120 python3 "$REPO/bench/mixed_exact.py" --a http://127.0.0.1:$port --b http://127.0.0.1:8002 \
-    --tokenizer "$SMOLLM2" --blocker 20000 --long 30000 --short 300 700 1500 2500 --rounds 3 --seed 8001 \
-    --out $R/mixed_exact_${port}_vs_8002.json > $R/mixed_exact_${port}_vs_8002.txt 2>&1
+  mixed_exact $port 8001 $R/mixed_exact_${port}_vs_8002.json > $R/mixed_exact_${port}_vs_8002.txt 2>&1
   grep -E "^round .* (2|3)0000-token" $R/mixed_exact_${port}_vs_8002.txt
   echo "short prompts ok: $(grep -E '^round .* [0-9]{3,4}-token' $R/mixed_exact_${port}_vs_8002.txt | grep -c -- '-> ok') of 12"
 done

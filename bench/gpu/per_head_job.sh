@@ -13,7 +13,7 @@ echo "== $GPU_NAME"; date
 COMMON=(--hf-overrides "$YARN4" --max-model-len 32768 --kv-cache-memory-bytes 6G --served-model-name smollm2)
 serve_anchor 8001 '{"share_gqa": false}'; P1=$!
 serve_fa 8002; P2=$!
-VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8003 '{"theta": "inf", "min_seq_len": 4096, "density_guard": 1.0}' \
+VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8003 "$EXACT_ANCHOR" \
   --no-enable-prefix-caching; P3=$!
 VLLM_USE_V2_MODEL_RUNNER=0 serve_fa 8004 --no-enable-prefix-caching; P4=$!
 ok=1

@@ -35,7 +35,7 @@ serve_anchor 8001 '{}'; P1=$!
 serve_fa 8002; P2=$!
 UP=(8001:$P1 8002:$P2)
 if [ "$PART" = S ]; then
-  VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8003 '{"theta": "inf", "min_seq_len": 4096, "density_guard": 1.0}' \
+  VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8003 "$EXACT_ANCHOR" \
     --no-enable-prefix-caching; UP+=(8003:$!)
 fi
 PIDS=("${UP[@]#*:}")

@@ -22,17 +22,15 @@ echo "== $GPU_NAME"; date
 [ "${GPU_TESTS:-1}" = 1 ] && gpu_suite 230
 smollm2_common 32k
 # theta = inf on the V1 runner (its reorder puts short new prompts after a long one) and on V2
-VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8001 '{"theta": "inf", "min_seq_len": 4096, "density_guard": 1.0}'; P1=$!
+VLLM_USE_V2_MODEL_RUNNER=0 serve_anchor 8001 "$EXACT_ANCHOR"; P1=$!
 serve_fa 8002; P2=$!
 serve_anchor 8003 '{}' --speculative-config \
   '{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4, "prompt_lookup_min": 2}'; P3=$!
-serve_anchor 8004 '{"theta": "inf", "min_seq_len": 4096, "density_guard": 1.0}'; P4=$!
+serve_anchor 8004 "$EXACT_ANCHOR"; P4=$!
 servers_up 360 8001:$P1 8002:$P2 8003:$P3 8004:$P4
 lap "servers up"
 for port in 8001 8004; do
-  timeout 120 python3 "$REPO/bench/mixed_exact.py" --a http://127.0.0.1:$port --b http://127.0.0.1:8002 \
-    --tokenizer "$SMOLLM2" --blocker 20000 --long 30000 --short 300 700 1500 2500 --rounds 3 --seed $port \
-    --out $R/mixed_exact_$port.json 2>&1 | tail -18
+  mixed_exact $port $port $R/mixed_exact_$port.json 2>&1 | tail -18
   anchor_metrics $port $R/metrics_$port.txt
   echo "port $port: $(grep -c 'first step with requests after the anchored ones' $R/server_$port.log) log line(s) of a step split around the anchored requests"
 done

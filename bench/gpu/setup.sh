@@ -84,6 +84,19 @@ serve_anchor() {
   VLLM_ANCHOR_STATS_DIR=/tmp/stats-$port vllm-anchor serve "$SMOLLM2" --port $port \
     "${COMMON[@]}" --additional-config "{\"anchor\": $cfg}" --enable-prompt-tokens-details "$@" > $R/server_$port.log 2>&1 &
 }
+# The anchor settings of every exactness check: theta = inf (dense attention through the anchor
+# kernels), from 4096 tokens of context, no density guard (it would send layers to stock FA).
+EXACT_ANCHOR='{"theta": "inf", "min_seq_len": 4096, "density_guard": 1.0}'
+
+# mixed_exact PORT_A SEED OUT [options...]: bench/mixed_exact.py, the server on PORT_A against stock
+# on 8002: a 20000-token blocker, then 30000 + 300/700/1500/2500 tokens in one step, 3 rounds.
+mixed_exact() {
+  local port=$1 seed=$2 out=$3; shift 3
+  timeout 120 python3 "$REPO/bench/mixed_exact.py" --a http://127.0.0.1:$port --b http://127.0.0.1:8002 \
+    --tokenizer "$SMOLLM2" --blocker 20000 --long 30000 --short 300 700 1500 2500 --rounds 3 --seed $seed \
+    --out "$out" "$@"
+}
+
 # serve_fa PORT [vLLM options...]: stock `vllm serve --attention-backend FLASH_ATTN` with the
 # launcher's long-context defaults (serving/launcher.py: chunked prefill, 65536 batched tokens;
 # the jobs run until 28964e0 used 16384, the default then), so the two
