@@ -16,15 +16,10 @@ import sys
 import urllib.request
 
 
-def complete(base: str, ids: list[int], max_tokens: int) -> tuple[list[str], list[float]]:
-    """One greedy completion: its tokens and their logprobs."""
-    tokens, logprobs, _ = complete_with_usage(base, ids, max_tokens)
-    return tokens, logprobs
-
-
 def complete_with_usage(base: str, ids: list[int], max_tokens: int) -> tuple[list[str], list[float], int | None]:
-    """:func:`complete`, plus the prompt tokens the server's prefix cache answered (None when the
-    server does not report them: vLLM needs ``--enable-prompt-tokens-details``)."""
+    """One greedy completion: its tokens, their logprobs, and the prompt tokens the server's
+    prefix cache answered (None when the server does not report them: vLLM needs
+    ``--enable-prompt-tokens-details``)."""
     with urllib.request.urlopen(base + "/v1/models", timeout=30) as r:
         model = json.load(r)["data"][0]["id"]
     body = {"model": model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0.0,

@@ -67,7 +67,7 @@ def test_prefix_cache_answers_are_reported_and_warned_about(monkeypatch, capsys)
                      "usage": {"prompt_tokens": 40, "prompt_tokens_details": {"cached_tokens": cached}}})
     monkeypatch.setattr(exact_http.urllib.request, "urlopen", urlopen)
     assert exact_http.complete_with_usage("http://b", [1] * 40, 1) == (["t"], [-0.5], 16)
-    assert exact_http.complete("http://a", [1] * 40, 1) == (["t"], [-0.5])
+    assert exact_http.complete_with_usage("http://a", [1] * 40, 1) == (["t"], [-0.5], 0)
 
     fake = lambda base, ids, n: (["t"] * n, [-0.5] * n, 16 if base == "http://b" else 0)  # noqa: E731
     out = mixed_exact.send_together("http://b", [[1], [2]], 2, complete_fn=fake)
