@@ -13,6 +13,7 @@ import json
 import torch
 
 from vllm_anchor.kernels import api, plan
+from vllm_anchor.kernels.launch_env import lay_over
 
 _KNOBS = ("BLOCK_N", "num_warps", "num_stages")
 
@@ -38,11 +39,6 @@ def load(path: str) -> tuple[int, dict]:
     return res["heads"][2], tuned
 
 
-def _merged(opts: dict, patch: dict) -> dict:
-    """Launch options with ``patch``'s per-kernel entries laid over ``opts``'."""
-    return {k: {**v, **patch.get(k, {})} for k, v in opts.items()}
-
-
 def apply(paths: list[str]) -> dict:
     """Patch the defaults for the head sizes of ``paths``; returns what was applied."""
     by_dim = dict(load(p) for p in paths)
@@ -55,7 +51,7 @@ def apply(paths: list[str]) -> dict:
         if t is None or device.type != "cuda":
             return o
         scan = {"scan": {"BLOCK_N": t["scan_block_n"]}} if "scan_block_n" in t else {}
-        return _merged(o, {**t["opts"], **scan})
+        return lay_over(o, {**t["opts"], **scan})
 
     def tuned(head_dim, device, key):
         t = by_dim.get(head_dim) if torch.device(device).type == "cuda" else None
@@ -91,7 +87,7 @@ def override(pairs: list[str]) -> dict:
     launch = api._launch_opts
 
     def launch_opts(head_dim, device):
-        return _merged(launch(head_dim, device), patch)
+        return lay_over(launch(head_dim, device), patch)
 
     api._launch_opts = launch_opts
     return patch

@@ -17,7 +17,7 @@ import triton
 
 from .config import AnchorConfig
 from .launch import launch
-from .launch_env import LAUNCH_OVERRIDES
+from .launch_env import LAUNCH_OVERRIDES, lay_over
 from .plan import (AnchorPlan, default_rows, default_segment_tokens, default_sparse_rows,  # noqa: F401
                    plan_anchor_prefill, stripe_density_parts)
 from .triton_anchor import anchor_kernel
@@ -48,7 +48,7 @@ def _launch_opts(head_dim: int, device: torch.device) -> dict:
     opts = _default_launch_opts(head_dim, device)
     if device.type != "cuda" or not LAUNCH_OVERRIDES:
         return opts
-    return {k: {**v, **LAUNCH_OVERRIDES.get(k, {})} for k, v in opts.items()}
+    return lay_over(opts, LAUNCH_OVERRIDES)
 
 
 def _default_launch_opts(head_dim: int, device: torch.device) -> dict:

@@ -69,6 +69,13 @@ def parse(text: str) -> tuple[dict[str, dict[str, int]], int | None]:
 LAUNCH_OVERRIDES, SEGMENT_TOKENS_OVERRIDE = parse(os.environ.get(ENV, ""))
 
 
+def lay_over(opts: dict[str, dict], patch: dict[str, dict]) -> dict[str, dict]:
+    """Launch options with ``patch``'s per-kernel entries laid over ``opts``' (kernels ``patch``
+    names that ``opts`` lacks are ignored). The environment's overrides and bench/tuned.py's
+    sweep winners are applied this one way."""
+    return {k: {**v, **patch.get(k, {})} for k, v in opts.items()}
+
+
 def describe() -> str:
     """One line for logs: what the variable changed, or '' when it is unset."""
     parts = [f"{k}.{o}={v}" for k, opts in LAUNCH_OVERRIDES.items() for o, v in opts.items()]
