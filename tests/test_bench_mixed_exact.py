@@ -94,3 +94,35 @@ def test_main_records_cached_tokens_and_warns_per_round(monkeypatch, tmp_path, c
     assert "answered 64 of 250 prompt tokens from its prefix cache" in printed
     rows = _json.loads(out.read_text())["rounds"][1]["requests"]
     assert [(r["cached_prompt_tokens_a"], r["cached_prompt_tokens_b"]) for r in rows] == [(0, 32), (0, 32)]
+
+
+def test_warmup_rounds_go_to_both_servers_first_with_prompts_of_their_own(monkeypatch, tmp_path):
+    """A freshly started server's first round need not land in one engine step (lease29_h100/routing/):
+    the warm-up rounds are sent to both servers before the compared ones, are not compared or
+    recorded, and share no prompt with them (so no compared prompt is answered from the cache)."""
+    import json as _json
+
+    from tiny_tokenizer import build_tiny_tokenizer
+    tok = build_tiny_tokenizer(tmp_path / "tok")
+    sent = []
+
+    def fake_send(base, prompts, max_tokens, **kw):
+        sent.append((base, [tuple(p) for p in prompts]))
+        return [(["t"] * max_tokens, [-0.5] * max_tokens, 0) for _ in prompts]
+    monkeypatch.setattr(mixed_exact, "send_together", fake_send)
+    out = tmp_path / "mixed.json"
+    args = ["--a", "http://a", "--b", "http://b", "--tokenizer", tok, "--blocker", "0", "--long", "200",
+            "--short", "50", "--rounds", "2", "--max-tokens", "3", "--out", str(out)]
+    assert mixed_exact.main(args + ["--warmup-rounds", "2"]) == 0
+    assert [base for base, _ in sent] == ["http://a", "http://b"] * 4
+    warm, compared = sent[:4], sent[4:]
+    assert warm[0][1] == warm[1][1] and warm[0][1] != warm[2][1]  # same prompts to both, new ones each round
+    warm_prompts = {p for _, ps in warm for p in ps}
+    assert not warm_prompts & {p for _, ps in compared for p in ps}
+    assert [len(p) for p in warm[0][1]] == [200, 50]  # the compared rounds' shape
+    result = _json.loads(out.read_text())
+    assert result["warmup_rounds"] == 2 and [r["round"] for r in result["rounds"]] == [0, 1]
+
+    sent.clear()  # without warm-up the compared prompts are the same ones (keys unchanged)
+    assert mixed_exact.main(args + ["--warmup-rounds", "0"]) == 0
+    assert sent == compared
