@@ -387,6 +387,30 @@ def recommend(per_theta: dict[float, dict], target: float, floor: float,
                      "mean p5 recall >= p5 floor")}
 
 
+def plot_result(res: dict, png: str) -> bool:
+    """The heat map of a calibration result (its own JSON, so ``bench/replot.py`` redraws it from
+    the saved file); False when no layer was anchored (nothing to draw)."""
+    thetas = [float(t) for t in res["thetas"]]
+    # every length when the rows stay readable (a few anchored layers), else the longest only
+    shown = (res["results"] if len(res["results"]) * len(res["layers"]) <= 32
+             else res["results"][-1:])
+    table = [[r["layers"][f"{t:g}"][i]["recall_mean"] for t in thetas]
+             for r in shown for i in range(len(res["layers"]))]
+    if not table:
+        return False
+    labels = [f"{r['tokens']}: {li}" if len(shown) > 1 else li
+              for r in shown for li in res["layers"]]
+    note = (f"\n{len(res['skipped_layers'])} layers not anchored (stock attention: "
+            f"{res['skipped_layers'][0]['reason'].split(':')[0]}), not shown"
+            if res["skipped_layers"] else "")
+    heatmap(png, table, thetas, labels,
+            f"{Path(res['model']).name} @ {'/'.join(str(r['tokens']) for r in shown)} "
+            f"tokens\nmean attention-mass recall; recommended theta = "
+            f"{res['recommended_theta']}{note}",
+            ylabel="tokens: layer" if len(shown) > 1 else "layer")
+    return True
+
+
 def heatmap(path: str, table: list[list[float]], thetas: list[float], layer_ids: list,
             title: str, ylabel: str = "layer") -> None:
     import matplotlib
@@ -563,23 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     png = args.png or str(out.with_suffix(".png"))
     res["heatmap"] = png if res["layers"] else None
     out.write_text(json.dumps(res, indent=1))
-    thetas = [float(t) for t in args.thetas]
-    # every length when the rows stay readable (a few anchored layers), else the longest only
-    shown = (res["results"] if len(res["results"]) * len(res["layers"]) <= 32
-             else res["results"][-1:])
-    table = [[r["layers"][f"{t:g}"][i]["recall_mean"] for t in thetas]
-             for r in shown for i in range(len(res["layers"]))]
-    labels = [f"{r['tokens']}: {li}" if len(shown) > 1 else li
-              for r in shown for li in res["layers"]]
-    note = (f"\n{len(res['skipped_layers'])} layers not anchored (stock attention: "
-            f"{res['skipped_layers'][0]['reason'].split(':')[0]}), not shown"
-            if res["skipped_layers"] else "")
-    if table:
-        heatmap(png, table, thetas, labels,
-                f"{Path(res['model']).name} @ {'/'.join(str(r['tokens']) for r in shown)} "
-                f"tokens\nmean attention-mass recall; recommended theta = "
-                f"{res['recommended_theta']}{note}",
-                ylabel="tokens: layer" if len(shown) > 1 else "layer")
+    drew = plot_result(res, png)
     for x in res["skipped_layers"]:
         print(f"layer {x['layer']:3d}: skipped ({x['reason']})")
     for r in res["results"]:
@@ -589,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"stripe_density={s['mean_stripe_density']:.4f} "
                   f"attended={s['mean_attended_fraction']:.4f} rel_err={s['mean_rel_err']:.3e}")
     print(f"recommended theta: {res['recommended_theta']} ({res['recommendation_note']}); "
-          f"wrote {out}" + (f" and {png}" if table else ""))
+          f"wrote {out}" + (f" and {png}" if drew else ""))
     return 0
 
 
