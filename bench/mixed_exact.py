@@ -81,10 +81,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    from vllm_anchor.serving.prompts import PromptBuilder, load_tokenizer
-    builder = PromptBuilder(load_tokenizer(a.tokenizer), corpus="pydoc", mode="ids", seed=a.seed, max_len=a.long)
     if a.rounds < 1 or a.warmup_rounds < 0:
         ap.error("--rounds must be at least 1 and --warmup-rounds at least 0")
+    from vllm_anchor.serving.prompts import PromptBuilder, load_tokenizer
+    builder = PromptBuilder(load_tokenizer(a.tokenizer), corpus="pydoc", mode="ids", seed=a.seed, max_len=a.long)
     lengths = ([a.blocker] if a.blocker else []) + [a.long] + list(a.short)
     for w in range(a.warmup_rounds):  # prompts of their own: the compared rounds' stay uncached
         warm = [builder.build(n, key=f"warmup{w}/{i}").ids for i, n in enumerate(lengths)]

@@ -126,3 +126,14 @@ def test_warmup_rounds_go_to_both_servers_first_with_prompts_of_their_own(monkey
     sent.clear()  # without warm-up the compared prompts are the same ones (keys unchanged)
     assert mixed_exact.main(args + ["--warmup-rounds", "0"]) == 0
     assert sent == compared
+
+
+def test_round_counts_are_checked_before_any_request(monkeypatch, capsys):
+    import pytest
+    monkeypatch.setattr(mixed_exact, "send_together", lambda *a, **k: pytest.fail("sent a request"))
+    for bad in (["--rounds", "0"], ["--warmup-rounds", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            mixed_exact.main(["--a", "http://a", "--b", "http://b", "--tokenizer", "/nonexistent", "--out", "x.json",
+                              *bad])
+        assert e.value.code == 2
+        assert "--rounds must be at least 1 and --warmup-rounds at least 0" in capsys.readouterr().err
