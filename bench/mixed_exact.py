@@ -11,12 +11,11 @@ the anchor kernels take the long prompt's rows, FlashAttention the requests befo
 token). The prompts are real text sent as token IDs, each from its own random place (no prompt
 is a prefix of another, and each round draws new ones), so no prefix cache answers a repeat.
 
-The first ``--warmup-rounds`` rounds (default 1) are sent the same way and not compared: on a
-freshly started server the first round's requests need not land in one step (lease29_h100/routing/:
-round 0 split its step differently from lease28's and its short prompts moved by up to 0.15 in
-logprob against stock, while rounds 1 and 2 repeated lease28's values to the digit), and a
-comparison of two different step compositions measures the GEMMs' batch-shape rounding, not the
-split.
+The first ``--warmup-rounds`` rounds (default 1) are sent the same way and not compared: the
+first round on freshly started servers did not repeat (lease29_h100/routing/: its short prompts
+moved by up to 0.15 in logprob against stock, and V1 logged a step of another composition than
+lease28's, while rounds 1 and 2 repeated lease28's values to the digit); a comparison of two
+different step compositions measures the GEMMs' batch-shape rounding, not the split.
 
   python bench/mixed_exact.py --a http://127.0.0.1:8001 --b http://127.0.0.1:8002 \
       --tokenizer $SMOLLM2 --long 30000 --short 300 700 1500 2500 --rounds 3 --out mixed.json
