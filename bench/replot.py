@@ -57,10 +57,8 @@ def replot(path: Path, out_dir: Path | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     kind = kind_of(result)
     if kind == "loadtest":
-        from vllm_anchor.serving import report
-        from vllm_anchor.serving.loadtest import _runs_of
-        return report.plot_ttft(_runs_of(result), out,
-                                title=f"TTFT vs prompt length ({result.get('endpoint', '')})")
+        from vllm_anchor.serving.loadtest import plot_result
+        return plot_result(result, out)
     if kind == "longctx":
         from vllm_anchor.evals.harness import plot
         plot(result, str(out))

@@ -522,6 +522,12 @@ def _runs_of(result: dict) -> dict[str, list[dict]]:
     return {result["label"]: result["results"]}
 
 
+def plot_result(result: dict, path: str | Path) -> Path:
+    """The PNG of a saved result (TTFT against prompt length, and the speed-up panel of an A/B
+    run): drawn after a run, and again from its JSON by ``bench/replot.py``."""
+    return report.plot_ttft(_runs_of(result), path, title=f"TTFT vs prompt length ({result['endpoint']})")
+
+
 def _memory_of(result: dict) -> list[tuple[str, dict]]:
     """(title, memory_growth) of the whole result and of each server's run (--mix A/B)."""
     out = [("server memory", result["memory_growth"])] if "memory_growth" in result else []
@@ -562,8 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {path}")
     if not args.no_plot:
         try:
-            png = report.plot_ttft(runs, path.with_suffix(".png"),
-                                   title=f"TTFT vs prompt length ({result['endpoint']})")
+            png = plot_result(result, path.with_suffix(".png"))
             print(f"plot: {png}")
         except ImportError:
             _log("warning: matplotlib is not installed; no plot (pip install matplotlib)")
